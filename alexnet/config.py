@@ -1,0 +1,326 @@
+"""Typed config schema: one dataclass per config-group option, registered in Hydra's ConfigStore.
+
+Every YAML file in conf/<group>/ extends one of these schemas (`/schema/<group>@_here_: <name>` in its
+defaults list), so a typo'd key or a wrongly typed value fails while Hydra composes the config. Ranges are
+checked in `__post_init__`, which runs when `to_typed` turns the composed DictConfig into these objects.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from alexnet.models import ARCHS, min_input_size
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class UserError(Exception):
+    """A problem the user can fix (config, data, files): reported as one message, without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    """A value outside what its key allows."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}. Fix the override `{key}=...`.")
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class WandbMode(Enum):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = MISSING  # a key of alexnet.models.ARCHS
+    input_size: int = 224  # images are resized to input_size x input_size before the network
+    dropout: float = 0.5
+    lrn: bool = False  # Local Response Normalization after conv blocks 1 and 2 (Krizhevsky et al. 2012)
+    width: float = 1.0  # channel multiplier; 1.0 = published widths
+    final_relu: bool = False  # the seed's ReLU on the logits (a bug); true reproduces it
+
+    def __post_init__(self) -> None:
+        _check(self.arch in ARCHS, "model.arch", self.arch, f"one of {sorted(ARCHS)}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a float in [0, 1)")
+        _check(self.width > 0, "model.width", self.width, "a positive channel multiplier")
+        smallest = min_input_size(ARCHS[self.arch])
+        _check(self.input_size >= smallest, "model.input_size", self.input_size,
+               f"{self.arch} needs inputs of at least {smallest}x{smallest}; use model.input_size>={smallest}")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = "data"
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    val_size: int = 5000  # held out of the training images for validation
+    split_seed: int = 0  # fixes the train/val split, independent of the run's seed
+    mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
+    std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
+    random_crop: bool = True
+    crop_padding: int = 4
+    hflip: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(self.val_size >= 1, "data.val_size", self.val_size, "an integer >= 1")
+        _check(self.crop_padding >= 0, "data.crop_padding", self.crop_padding, "an integer >= 0")
+        _check(len(self.mean) == 3, "data.mean", self.mean, "three per-channel values (RGB)")
+        _check(len(self.std) == 3 and min(self.std) > 0, "data.std", self.std, "three positive values (RGB)")
+
+
+@dataclass
+class CIFAR10Config(DataConfig):
+    name: str = "cifar10"
+    root: str = "data/cifar10"
+    download: bool = True  # torchvision downloads (and checks) the archive when it is missing
+
+
+@dataclass
+class ImageFolderConfig(DataConfig):
+    name: str = "imagefolder"
+    root: str = "data/cifar10-jpeg"  # holds train/<class>/* and test/<class>/*
+    image_size: int = 32  # decoded images are stored at this size; model.input_size resizes on the device
+    cache_dir: Optional[str] = None  # decoded tensors go here; default ~/.cache/alexnet
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.image_size >= 1, "data.image_size", self.image_size, "an integer >= 1")
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    name: str = "synthetic"
+    train_size: int = 5000  # before the validation split
+    test_size: int = 1000
+    noise: float = 0.5  # std of the Gaussian noise added to the class patterns (pixel range [0, 1])
+    val_size: int = 500
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: List[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.train_size > self.val_size, "data.train_size", self.train_size,
+               f"more than data.val_size ({self.val_size})")
+        _check(self.test_size >= 1, "data.test_size", self.test_size, "an integer >= 1")
+        _check(self.noise >= 0, "data.noise", self.noise, "a float >= 0")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = 0.01
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optimizer.lr", self.lr, "a positive learning rate")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a float >= 0")
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0.0 <= self.momentum < 1.0, "optimizer.momentum", self.momentum, "a float in [0, 1)")
+        _check(not self.nesterov or self.momentum > 0, "optimizer.nesterov", self.nesterov,
+               "nesterov needs optimizer.momentum > 0")
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas,
+               "two floats in [0, 1)")
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = 0.05
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule, stepped every optimizer step; the base schedule, `none`, keeps the lr constant."""
+
+    name: str = "none"
+    warmup_epochs: float = 0.0  # linear warmup from ~0 to optimizer.lr over this many epochs
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_epochs >= 0, "scheduler.warmup_epochs", self.warmup_epochs, "a float >= 0")
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    step_epochs: int = 10  # multiply the lr by gamma every step_epochs epochs
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.step_epochs >= 1, "scheduler.step_epochs", self.step_epochs, "an integer >= 1")
+        _check(0 < self.gamma <= 1, "scheduler.gamma", self.gamma, "a float in (0, 1]")
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    min_lr_ratio: float = 0.0  # the lr at the end, as a fraction of optimizer.lr
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 <= self.min_lr_ratio <= 1, "scheduler.min_lr_ratio", self.min_lr_ratio, "a float in [0, 1]")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    device: Device = Device.auto  # auto: cuda when available, else cpu
+    precision: Precision = Precision.fp32  # bf16/fp16 run the forward pass under torch.autocast
+    limit_batches: Optional[int] = None  # cap on batches per split and epoch, for quick checks
+    log_every_n_steps: int = 10
+    save_checkpoints: bool = True  # checkpoints/last.pt every epoch, checkpoints/best.pt by val/acc
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
+        _check(self.limit_batches is None or self.limit_batches >= 1, "trainer.limit_batches",
+               self.limit_batches, "null or an integer >= 1")
+        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps,
+               "an integer >= 1")
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.auto  # auto: online when an API key is configured, else offline
+    project: str = "alexnet"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the multirun's sweep dir, so each sweep is one group
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: Any = MISSING
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+
+
+GROUP_SCHEMAS = {
+    "model": {"default": ModelConfig},
+    "data": {"cifar10": CIFAR10Config, "imagefolder": ImageFolderConfig, "synthetic": SyntheticConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
+    "scheduler": {"none": SchedulerConfig, "step": StepSchedulerConfig, "cosine": CosineSchedulerConfig},
+    "trainer": {"default": TrainerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schemas where conf/ YAML files find them: `/schema/<group>@_here_: <name>`."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, list[str]]]:
+    """Keys a schema lacks. Hydra lets `+key=value` append to typed nodes; a typo there must not pass."""
+    schema = OmegaConf.get_type(node)
+    fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        if fields is not None and key not in fields:
+            yield f"{prefix}{key}", fields
+        elif isinstance(node._get_node(key), DictConfig):
+            yield from _unknown_keys(node[key], f"{prefix}{key}.")
+
+
+def to_typed(cfg: DictConfig) -> Config:
+    """Turn a composed config into schema objects, running every range check (raises ConfigError)."""
+    for key, fields in _unknown_keys(cfg):
+        raise ConfigError(f"unknown config key {key!r}: its node has only {', '.join(fields)}. "
+                          f"Fix the spelling, or drop the override.")
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as e:  # OmegaConf's own errors: a missing mandatory value, a bad interpolation
+        raise ConfigError(f"{e}. Fix: give it a value on the command line (`key=value`).") from e
+
+
+def to_dict(cfg: DictConfig | Config) -> dict:
+    """Plain, resolved dict of a config, enums as strings: for W&B, checkpoints and logs."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def compose(overrides: list[str] = ()) -> DictConfig:
+    """The run config for these overrides, composed as `python -m alexnet.run` would (for tools and tests)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn user errors into `error: ...` on stderr and exit code 2; HYDRA_FULL_ERROR=1 keeps the traceback."""
+    try:
+        yield
+    except (UserError, HydraException, OmegaConfBaseException) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message, cause = str(e), e.__cause__
+        while cause is not None:  # Hydra wraps the informative OmegaConf error
+            message, cause = f"{message}\n{cause}", cause.__cause__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+register_configs()

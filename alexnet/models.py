@@ -1,0 +1,135 @@
+"""AlexNet variants, built from data: an `ArchSpec` lists the layers, `build_model` turns one into a network.
+
+`alexnet` is the seed network (224x224 input, 46,787,978 parameters with 10 classes). `alexnet_cifar` keeps
+its 5-conv / 3-FC topology, its channel widths and its overlapping 3x3/2 max pooling, but with a 3x3 stride-1
+first convolution so that 32x32 images keep enough resolution (feature maps 32 -> 15 -> 7 -> 3), and 2048-unit
+fully connected layers since its last feature map has 2,304 values instead of 6,400.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    lrn: bool = False  # LRN after this block's ReLU, when the model asks for LRN
+    pool: bool = False  # 3x3 stride-2 max pooling after this block
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    convs: Tuple[ConvSpec, ...]
+    hidden: int  # units in each of the two hidden fully connected layers
+    default_input_size: int
+
+
+ARCHS = {
+    "alexnet": ArchSpec(
+        convs=(
+            ConvSpec(96, 11, stride=4, lrn=True, pool=True),
+            ConvSpec(256, 5, padding=2, lrn=True, pool=True),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(256, 3, padding=1, pool=True),
+        ),
+        hidden=4096,
+        default_input_size=224,
+    ),
+    "alexnet_cifar": ArchSpec(
+        convs=(
+            ConvSpec(96, 3, padding=1, lrn=True, pool=True),
+            ConvSpec(256, 5, padding=2, lrn=True, pool=True),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(256, 3, padding=1, pool=True),
+        ),
+        hidden=2048,
+        default_input_size=32,
+    ),
+}
+
+POOL_KERNEL, POOL_STRIDE = 3, 2
+# Krizhevsky et al. 2012, section 3.3.
+LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+
+
+def paper_lrn() -> nn.LocalResponseNorm:
+    """LRN exactly as in the paper: b = a / (k + alpha * sum_{5 neighbours} a^2)^beta.
+
+    torch divides alpha by `size` (it averages the squares instead of summing them), so pass alpha * size.
+    """
+    return nn.LocalResponseNorm(size=LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+
+
+def feature_map_size(spec: ArchSpec, input_size: int) -> int:
+    """Side of the last feature map for a square input; < 1 means the input is too small."""
+    size = input_size
+    for conv in spec.convs:
+        size = (size + 2 * conv.padding - conv.kernel) // conv.stride + 1
+        if size < 1:
+            return size
+        if conv.pool:
+            size = (size - POOL_KERNEL) // POOL_STRIDE + 1
+            if size < 1:
+                return size
+    return size
+
+
+def min_input_size(spec: ArchSpec) -> int:
+    size = 1
+    while feature_map_size(spec, size) < 1:
+        size += 1
+    return size
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def build_model(arch: str, num_classes: int = 10, input_size: int | None = None, dropout: float = 0.5,
+                lrn: bool = False, width: float = 1.0, final_relu: bool = False) -> nn.Sequential:
+    """The network for one variant. Layer order follows the seed: Linear -> ReLU -> Dropout in the classifier."""
+    spec = ARCHS[arch]
+    input_size = input_size or spec.default_input_size
+    side = feature_map_size(spec, input_size)
+    if side < 1:
+        raise ValueError(f"{arch} needs inputs of at least {min_input_size(spec)}, got {input_size}")
+
+    features, in_channels = [], 3
+    for conv in spec.convs:
+        out_channels = _scaled(conv.channels, width)
+        features += [nn.Conv2d(in_channels, out_channels, conv.kernel, conv.stride, conv.padding),
+                     nn.ReLU(inplace=True)]
+        if lrn and conv.lrn:
+            features.append(paper_lrn())
+        if conv.pool:
+            features.append(nn.MaxPool2d(POOL_KERNEL, POOL_STRIDE))
+        in_channels = out_channels
+
+    hidden = _scaled(spec.hidden, width)
+    classifier = [
+        nn.Flatten(),
+        nn.Linear(in_channels * side * side, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    ]
+    if final_relu:
+        classifier.append(nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Sequential(*features), nn.Sequential(*classifier))
+
+
+def model_from_config(model_cfg, num_classes: int) -> nn.Sequential:
+    """Build from a `ModelConfig` (the `model` node)."""
+    return build_model(model_cfg.arch, num_classes, model_cfg.input_size, model_cfg.dropout, model_cfg.lrn,
+                       model_cfg.width, model_cfg.final_relu)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
