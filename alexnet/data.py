@@ -1,0 +1,257 @@
+"""Data: each split held as one uint8 tensor, batched augmentation on the training device.
+
+Sources (`data.name`): torchvision's CIFAR-10, any ImageFolder-style tree (decoded once, then cached as
+tensors), and a synthetic in-memory set. `Loader` shuffles, crops, flips, resizes and normalizes whole
+batches with tensor operations; there is no per-image Python or PIL work while training.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from alexnet.config import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+CACHE_VERSION = 1  # bump when the cached tensor layout changes
+SYNTHETIC_SEED = 20121203  # the synthetic set is the same for every run: it is data, not randomness
+
+
+class DataError(UserError):
+    """Missing, unreadable or badly laid out data."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+def _cifar10(cfg) -> tuple[Split, Split, list[str]]:
+    import torchvision
+
+    def load(train: bool):
+        try:
+            ds = torchvision.datasets.CIFAR10(cfg.root, train=train, download=cfg.download)
+        except RuntimeError as e:  # not there (download off) or failed torchvision's integrity check
+            raise DataError(
+                f"CIFAR-10 not found or corrupted in data.root={cfg.root} ({e}). Fix: pass data.download=true "
+                f"to fetch it, put cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ there, or train "
+                f"on another source: data=imagefolder data.root=DIR, or data=synthetic.") from e
+        except OSError as e:  # no network, refused, disk full
+            raise DataError(
+                f"could not download CIFAR-10 into data.root={cfg.root}: {e}. Fix: on a machine without "
+                f"internet, copy cifar-10-python.tar.gz into {cfg.root}, or use a local copy laid out as "
+                f"train/<class>/ and test/<class>/ with data=imagefolder data.root=DIR, or data=synthetic.") from e
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # N x 32 x 32 x 3 -> N x 3 x 32 x 32
+        return Split(images, torch.tensor(ds.targets, dtype=torch.int64)), list(ds.classes)
+
+    (train, classes), (test, _) = load(True), load(False)
+    return train, test, classes
+
+
+def _list_images(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir} is not a directory. Fix: data.root must hold train/<class>/* and "
+                        f"test/<class>/* image files (e.g. `tar xzf cifar10-jpeg.tar.gz -C DIR`, then data.root=DIR).")
+    class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir())
+    if not class_dirs:
+        raise DataError(f"{split_dir} has no class folders. Fix: lay images out as {split_dir}/<class>/<image>.")
+    files = []
+    for d in class_dirs:
+        images = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise DataError(f"class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                            f"Fix: add its images or remove the folder.")
+        files.append(images)
+    return [d.name for d in class_dirs], files
+
+
+def _decode(files: list[list[Path]], size: int) -> Split:
+    from torchvision.io import ImageReadMode, decode_image
+
+    images, labels = [], []
+    for label, class_files in enumerate(files):
+        for path in class_files:
+            try:
+                image = decode_image(str(path), mode=ImageReadMode.RGB)
+            except Exception as e:
+                raise DataError(f"cannot read image {path}: {e}. Fix: replace or delete the file.") from e
+            if image.shape[1:] != (size, size):
+                image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear",
+                                      antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
+            images.append(image)
+            labels.append(label)
+    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet"
+
+
+def _imagefolder(cfg) -> tuple[Split, Split, list[str]]:
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root={cfg.root} does not exist. Fix: point data.root at a folder holding "
+                        f"train/<class>/* and test/<class>/* (the JPEG CIFAR-10 copy: `tar xzf "
+                        f"cifar10-jpeg.tar.gz -C DIR`, then data.root=DIR).")
+    classes, train_files = _list_images(root / "train")
+    test_classes, test_files = _list_images(root / "test")
+    if test_classes != classes:
+        raise DataError(f"{root}/test has classes {test_classes} but {root}/train has {classes}. "
+                        f"Fix: give both splits the same class folders.")
+
+    # The cache key covers every file's path, size and mtime, so an edited data set is decoded again.
+    key = hashlib.sha256(f"v{CACHE_VERSION} size={cfg.image_size}".encode())
+    for path in (p for class_files in train_files + test_files for p in class_files):
+        stat = path.stat()
+        key.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    cache_file = cache_dir / f"imagefolder-{key.hexdigest()[:20]}.pt"
+    if cache_file.exists():
+        try:
+            cached = torch.load(cache_file, weights_only=True)
+            return Split(*cached["train"]), Split(*cached["test"]), cached["classes"]
+        except Exception:
+            pass  # unreadable cache: decode again and overwrite it
+
+    train, test = _decode(train_files, cfg.image_size), _decode(test_files, cfg.image_size)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels),
+                    "classes": classes}, tmp)
+        os.replace(tmp, cache_file)  # atomic: a concurrent run never reads half a file
+    except OSError:
+        pass  # a read-only cache only costs the next run a decode
+    return train, test, classes
+
+
+def synthetic_images(n: int, noise: float, generator: torch.Generator, num_classes: int = 10) -> Split:
+    """Class templates (smooth random colour blobs), randomly shifted, scaled and buried in Gaussian noise."""
+    templates = torch.rand(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(SYNTHETIC_SEED))
+    templates = F.interpolate(templates, size=(32, 32), mode="bicubic", align_corners=False)
+    labels = torch.randint(num_classes, (n,), generator=generator)
+    shifts = torch.randint(-3, 4, (n, 2), generator=generator)
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=generator)
+    images = torch.empty(n, 3, 32, 32)
+    for i in range(n):  # made once per run, in well under a second for the default sizes
+        images[i] = torch.roll(templates[labels[i]], shifts=tuple(shifts[i].tolist()), dims=(1, 2))
+    images = 0.5 + contrast * (images - 0.5) + noise * torch.randn(images.shape, generator=generator)
+    return Split((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+
+def _synthetic(cfg) -> tuple[Split, Split, list[str]]:
+    generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    train = synthetic_images(cfg.train_size, cfg.noise, generator)
+    test = synthetic_images(cfg.test_size, cfg.noise, generator)
+    return train, test, [f"class{i}" for i in range(10)]
+
+
+SOURCES = {"cifar10": _cifar10, "imagefolder": _imagefolder, "synthetic": _synthetic}
+
+
+def split_train_val(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """A fixed random split: the same `seed` holds out the same images whatever the run's seed."""
+    if val_size >= len(split):
+        raise DataError(f"data.val_size={val_size} leaves no training images ({len(split)} in all). "
+                        f"Fix: choose data.val_size < {len(split)}.")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:val_size], order[val_size:]
+    return Split(split.images[train], split.labels[train]), Split(split.images[val], split.labels[val])
+
+
+def load_dataset(cfg) -> Dataset:
+    """The train/val/test splits for a `data` config node, on the CPU."""
+    train, test, classes = SOURCES[cfg.name](cfg)
+    train, val = split_train_val(train, cfg.val_size, cfg.split_seed)
+    return Dataset(train, val, test, classes)
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """A different random crop for each image: zero-pad by `padding`, then crop back to the original size."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=images.device)
+    rows = (dy + torch.arange(h, device=images.device))[:, None, :, None]  # n x 1 x h x 1
+    cols = (dx + torch.arange(w, device=images.device))[:, None, None, :]  # n x 1 x 1 x w
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class Loader:
+    """Iterates over one in-memory split in batches, ready for the model.
+
+    Each epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch's batches
+    depend only on the seed and the epoch number.
+    """
+
+    def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
+                 train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
+                 seed: int = 0, max_batches: int | None = None):
+        self.split = split.to(device)
+        self.batch_size, self.input_size, self.device = batch_size, input_size, device
+        self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
+        self.seed, self.max_batches, self.epoch = seed, max_batches, 0
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.split) / self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """uint8 batch -> normalized float batch at input_size; augmented when a generator is given."""
+        x = images.float()
+        if generator is not None and self.random_crop and self.crop_padding > 0:
+            x = random_crop(x, self.crop_padding, generator)
+        if generator is not None and self.hflip:
+            x = random_hflip(x, generator)
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=self.input_size < x.shape[-1])
+        return (x - self.mean) / self.std
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = None
+        order = torch.arange(len(self.split), device=self.device)
+        if self.train:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.split), generator=generator, device=self.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.transform(self.split.images[index], generator), self.split.labels[index]

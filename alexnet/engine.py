@@ -1,0 +1,82 @@
+"""The training step, one epoch of training, and evaluation. Plain functions, as in torchvision's references."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from alexnet.data import Loader
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device: torch.device, precision: str,
+                    epoch: int, step: int, log_every: int, log: Callable[[dict, int], None]) -> tuple[dict, int]:
+    """One pass over `loader`; returns the epoch's stats and the global step after it.
+
+    Loss and accuracy are summed on the device and read back only every `log_every` steps, so the step never
+    waits on the host otherwise.
+    """
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, window_loss, window_steps = 0, torch.zeros((), device=device), 0
+    progress = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, disable=not sys.stderr.isatty())
+    start = time.perf_counter()
+    for i, (images, labels) in enumerate(loader):
+        with autocast(device, precision):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        lr = scheduler.get_last_lr()[0]  # the lr this step used
+        scheduler.step()
+
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        window_loss += loss.detach()
+        window_steps += 1
+        step += 1
+        if step % log_every == 0 or i == len(loader) - 1:
+            log({"train/loss": (window_loss / window_steps).item(), "train/lr": lr, "epoch": epoch + 1}, step)
+            window_loss.zero_()
+            window_steps = 0
+        progress.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    progress.close()
+    stats = {"train/loss_epoch": (loss_sum / seen).item(), "train/acc": correct.item() / seen,
+             "train/images_per_sec": seen / elapsed, "train/time": elapsed}
+    return stats, step
+
+
+@torch.no_grad()
+def evaluate(model, loader: Loader, device: torch.device, precision: str) -> dict:
+    """Mean cross-entropy, accuracy and predictions over the whole loader."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    predictions, targets = [], []
+    for images, labels in loader:
+        with autocast(device, precision):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        predictions.append(logits.argmax(1))
+        targets.append(labels)
+    predictions, targets = torch.cat(predictions), torch.cat(targets)
+    return {"loss": loss_sum.item() / len(targets), "acc": (predictions == targets).float().mean().item(),
+            "predictions": predictions.cpu(), "targets": targets.cpu()}
