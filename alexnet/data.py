@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from alexnet.config import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 1  # bump when the cached tensor layout changes
+CACHE_VERSION = 2  # bump when the cached tensors would differ (layout, decoder)
 SYNTHETIC_SEED = 20121203  # the synthetic set is the same for every run: it is data, not randomness
 
 
@@ -90,21 +90,25 @@ def _list_images(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
 
 
 def _decode(files: list[list[Path]], size: int) -> Split:
-    from torchvision.io import ImageReadMode, decode_image
+    """Decode every file once (Pillow), resized to size x size where it differs; label = class index."""
+    import numpy as np
+    from PIL import Image
 
-    images, labels = [], []
+    images = np.empty((sum(len(f) for f in files), size, size, 3), dtype=np.uint8)
+    labels, i = [], 0
     for label, class_files in enumerate(files):
         for path in class_files:
             try:
-                image = decode_image(str(path), mode=ImageReadMode.RGB)
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    if image.size != (size, size):
+                        image = image.resize((size, size), Image.Resampling.BILINEAR)
+                    images[i] = np.asarray(image)
             except Exception as e:
                 raise DataError(f"cannot read image {path}: {e}. Fix: replace or delete the file.") from e
-            if image.shape[1:] != (size, size):
-                image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear",
-                                      antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
-            images.append(image)
             labels.append(label)
-    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+            i += 1
+    return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
 
 
 def default_cache_dir() -> Path:

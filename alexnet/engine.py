@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from typing import Callable
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from alexnet.data import Loader
 
+log_line = logging.getLogger("alexnet").info
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -32,7 +34,10 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen, window_loss, window_steps = 0, torch.zeros((), device=device), 0
-    progress = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, disable=not sys.stderr.isatty())
+    # A progress bar on a terminal; otherwise (a cluster log, a pipe) a plain line about every tenth of the epoch.
+    on_terminal = sys.stderr.isatty()
+    progress = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, disable=not on_terminal)
+    next_line = len(loader) / 10
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         with autocast(device, precision):
@@ -52,9 +57,13 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         window_steps += 1
         step += 1
         if step % log_every == 0 or i == len(loader) - 1:
-            log({"train/loss": (window_loss / window_steps).item(), "train/lr": lr, "epoch": epoch + 1}, step)
+            window_mean = (window_loss / window_steps).item()
+            log({"train/loss": window_mean, "train/lr": lr, "epoch": epoch + 1}, step)
             window_loss.zero_()
             window_steps = 0
+            if not on_terminal and i + 1 >= next_line and i < len(loader) - 1:
+                log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, i + 1, len(loader), window_mean, lr)
+                next_line += len(loader) / 10
         progress.update()
     if device.type == "cuda":
         torch.cuda.synchronize()

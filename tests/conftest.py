@@ -1,0 +1,41 @@
+"""Shared fixtures: the repo's paths, the shared data, and a runner for the real CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
+
+# A small, fast, learnable set-up for end-to-end runs on a CPU.
+TINY = ["data=synthetic", "model=alexnet_cifar", "model.width=0.25", "optimizer=adam", "trainer.device=cpu",
+        "wandb.mode=offline"]
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED} (set ALEXNET_SHARED)")
+    return SHARED
+
+
+def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    """`python -m alexnet.<module> args` in `cwd`, as a user would run it; never touches the repo's outputs/."""
+    environ = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cwd / "cache")}
+    environ.pop("WANDB_MODE", None)
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", f"alexnet.{module}", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def run(*args: str, module: str = "run", timeout: int = 300, **env) -> subprocess.CompletedProcess:
+        return run_cli(module, list(args), tmp_path, timeout, **env)
+
+    run.cwd = tmp_path
+    return run

@@ -1,0 +1,156 @@
+"""The real CLI in a subprocess: a run end to end, a multirun, the layer summary and every user error."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from wandb_records import offline_runs, read_run
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("outputs/*/*/.hydra")) + sorted(
+        p.parent for p in root.glob("multirun/*/*/*/.hydra"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real two-epoch run on synthetic data, shared by the assertions below."""
+    from conftest import run_cli
+
+    cwd = tmp_path_factory.mktemp("run")
+    result = run_cli("run", [*TINY, "trainer.epochs=2", "trainer.log_every_n_steps=5", "wandb.tags=[ci,tiny]"],
+                     cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(cwd)
+    return result, run_dir
+
+
+def test_run_learns_far_above_chance(trained):
+    _, run_dir = trained
+    summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]["_summary"]
+    assert summary["test/acc"] > 0.6  # chance is 0.1
+    assert summary["val/best_acc"] > 0.6
+
+
+def test_run_dir_holds_everything(trained):
+    result, run_dir = trained
+    for path in [".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "metrics.jsonl",
+                 "checkpoints/last.pt", "checkpoints/best.pt"]:
+        assert (run_dir / path).is_file(), path
+    assert len(offline_runs(run_dir)) == 1
+    log = (run_dir / "run.log").read_text()
+    assert "config:" in log and "arch: alexnet_cifar" in log and f"run dir: {run_dir}" in log
+    assert "wandb sync" in log  # offline: says how to upload
+    ckpt = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["model"]["width"] == 0.25 and len(ckpt["classes"]) == 10
+
+
+def test_metrics_jsonl_is_the_complete_local_record(trained):
+    _, run_dir = trained
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = [r for r in records if "_step" in r]
+    steps_per_epoch = 4500 // 64 + 1
+    assert [r["_step"] for r in history if "train/loss" in r and "val/acc" not in r][:3] == [5, 10, 15]
+    epochs = [r for r in history if "val/acc" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["_step"] == 2 * steps_per_epoch
+    for key in ["train/acc", "val/loss", "val/acc", "train/images_per_sec", "epoch_time"]:
+        assert all(key in r for r in epochs), key
+    assert set(records[-1]["_summary"]) >= {"test/acc", "test/loss", "val/best_acc", "params"}
+
+
+def test_wandb_run_holds_config_history_and_summary(trained):
+    _, run_dir = trained
+    (path,) = offline_runs(run_dir)
+    run = read_run(path)
+    assert run.job_type == "train" and run.exit_code == 0
+    assert run.tags == ["ci", "tiny"]
+    assert "model=alexnet_cifar" in run.name and "model.width=0.25" in run.name
+    assert run.config["model"]["arch"] == "alexnet_cifar" and run.config["optimizer"]["name"] == "adam"
+    assert run.config["trainer"]["precision"] == "fp32"
+    step_rows = [h for h in run.history if "train/loss" in h]
+    assert len(step_rows) >= 2 * (71 // 5) and all("train/lr" in h for h in step_rows)
+    epoch_rows = [h for h in run.history if "val/acc" in h]
+    assert len(epoch_rows) == 2
+    for key in ["train/acc", "val/loss", "train/images_per_sec", "epoch_time"]:
+        assert all(key in h for h in epoch_rows), key
+    local = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["_summary"]
+    for key in ["test/acc", "test/loss", "val/best_acc", "params"]:
+        assert run.summary[key] == pytest.approx(local[key]), key
+    assert run.summary["params"] == 796_138  # alexnet_cifar at width 0.25, 10 classes
+
+
+def test_multirun_gives_one_grouped_wandb_run_per_job(cli):
+    result = cli("-m", *TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100", "model.dropout=0.0,0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    dirs = run_dirs(cli.cwd)
+    assert len(dirs) == 2
+    runs = [read_run(p) for d in dirs for p in offline_runs(d)]
+    assert len(runs) == 2 and all(r.exit_code == 0 for r in runs)
+    assert runs[0].group == runs[1].group and runs[0].group.startswith("multirun/")
+    assert {r.config["model"]["dropout"] for r in runs} == {0.0, 0.5}
+    assert runs[0].run_id != runs[1].run_id
+    assert sorted(r.name.split(",")[-1] for r in runs) == ["model.dropout=0.0", "model.dropout=0.5"]
+
+
+def test_summary_prints_the_seed_table(cli, shared):
+    result = cli("model=alexnet", "model.final_relu=true", module="summary")
+    assert result.returncode == 0, result.stderr
+    seed = (shared / "seed" / "alexnet-cifar10-seed.md").read_text()
+    for line in ["Conv2d-1           [-1, 96, 54, 54]          34,944", "Linear-14                 [-1, 4096]      26,218,496",
+                 "Total params: 46,787,978", "Params size (MB): 178.48", "Input size (MB): 0.57"]:
+        assert line in result.stdout and line in seed, line
+
+
+def test_summary_of_another_variant(cli):
+    result = cli("model=alexnet_cifar", "model.lrn=true", module="summary")
+    assert result.returncode == 0, result.stderr
+    assert "LocalResponseNorm-3" in result.stdout and "Total params: 12,652,426" in result.stdout
+
+
+ERRORS = [
+    (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: a float in [0, 1)"),
+    (["model.dropuot=0.3"], "Key 'dropuot' not in 'ModelConfig'"),
+    (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'"),
+    (["model.input_size=big"], "Value 'big' of type 'str' could not be converted to Integer"),
+    (["model=resnet"], "Could not find 'model/resnet'"),
+    (["optimizer=rmsprop"], "Available options in 'optimizer'"),
+    (["model.input_size=32"], "alexnet needs inputs of at least 67x67; use model.input_size>=67"),
+    (["model=alexnet_cifar", "model.input_size=8"], "alexnet_cifar needs inputs of at least 15x15"),
+    (["trainer.device=gpu"], "Invalid value 'gpu', expected one of [auto, cpu, cuda]"),
+    (["trainer.precision=fp8"], "expected one of [fp32, bf16, fp16]"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed"),
+    (["data=cifar10", "data.root=nowhere", "data.download=false"], "CIFAR-10 not found or corrupted in data.root=nowhere"),
+    (["data=imagefolder", "data.root=nowhere"], "data.root=nowhere does not exist"),
+    (["data=imagefolder", "data.root=."], "is not a directory. Fix: data.root must hold train/<class>/*"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", ERRORS, ids=[" ".join(o) for o, _ in ERRORS])
+def test_user_errors_exit_cleanly(cli, overrides, message):
+    earlier = cli.cwd / "outputs" / "earlier"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text("{}\n")
+    result = cli(*overrides, "trainer.device=cpu", "wandb.mode=offline")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert message in output
+    assert "Traceback" not in output
+    assert (earlier / "metrics.jsonl").read_text() == "{}\n"  # no earlier run touched
+    assert not list(cli.cwd.glob("outputs/*/*/checkpoints")) and not list(cli.cwd.glob("outputs/*/*/wandb"))
+
+
+def test_cuda_requested_without_cuda(cli):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli(*TINY, "trainer.device=cuda")
+    assert result.returncode == 2
+    assert "trainer.device=cuda but CUDA is not available" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_full_error_shows_the_traceback(cli):
+    result = cli("model.dropout=1.5", HYDRA_FULL_ERROR="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr

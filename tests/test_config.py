@@ -1,0 +1,80 @@
+"""Every option of every config group composes, passes its schema and builds; bad values fail with clear messages."""
+from __future__ import annotations
+
+import pytest
+from omegaconf.errors import OmegaConfBaseException
+from hydra.errors import HydraException
+
+from alexnet.config import CONF_DIR, ConfigError, compose, to_typed
+from alexnet.models import count_parameters, model_from_config
+from alexnet.optim import build_optimizer, build_scheduler
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "trainer"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+    assert {"alexnet", "alexnet_cifar"} <= {o for g, o in OPTIONS if g == "model"}
+    assert {"cifar10", "imagefolder", "synthetic"} <= {o for g, o in OPTIONS if g == "data"}
+    assert {"sgd", "adam", "adamw"} <= {o for g, o in OPTIONS if g == "optimizer"}
+    assert {"none", "step", "cosine"} <= {o for g, o in OPTIONS if g == "scheduler"}
+    assert {"default", "smoke"} <= {o for g, o in OPTIONS if g == "trainer"}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_builds(group, option):
+    cfg = to_typed(compose([f"{group}={option}", "model.width=0.125"]))
+    assert getattr(cfg, group) is not None
+    if group == "data":
+        assert cfg.data.name == option
+    model = model_from_config(cfg.model, num_classes=10)
+    assert count_parameters(model) > 0
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    assert type(optimizer).__name__.lower() == cfg.optimizer.name
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=10, epochs=cfg.trainer.epochs)
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr()[0] > 0
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = to_typed(compose([]))
+    assert (cfg.model.arch, cfg.data.name, cfg.optimizer.name, cfg.scheduler.name) == (
+        "alexnet", "cifar10", "sgd", "none")
+    assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 5e-4)
+    assert (cfg.data.val_size, cfg.model.input_size, cfg.model.final_relu) == (5000, 224, False)
+    assert cfg.wandb.mode.value == "auto"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.dropout=1.0"], "model.dropout=1.0 is not allowed: a float in [0, 1)"),
+    (["model.dropout=-0.1"], "model.dropout=-0.1"),
+    (["model.input_size=66"], "alexnet needs inputs of at least 67x67"),
+    (["model=alexnet_cifar", "model.input_size=14"], "alexnet_cifar needs inputs of at least 15x15"),
+    (["model.width=0"], "model.width=0.0"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: a positive learning rate"),
+    (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1"),
+    (["trainer.epochs=0"], "trainer.epochs=0"),
+    (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'"),
+])
+def test_out_of_range_values_fail(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        to_typed(compose(overrides))
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [["model.dropuot=0.3"], ["model.input_size=abc"], ["trainer.device=gpu"],
+                                       ["trainer.precision=fp8"], ["model=resnet"], ["data=imagenet"],
+                                       ["optimizer=adam", "optimizer.nesterov=true"]])
+def test_typos_and_wrong_types_fail_at_composition(overrides):
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        compose(overrides)
+
+
+def test_enum_fields_and_plain_dict():
+    from alexnet.config import to_dict
+
+    cfg = compose(["trainer.precision=bf16"])
+    assert to_typed(cfg).trainer.precision.value == "bf16"
+    assert to_dict(cfg)["trainer"]["precision"] == "bf16"

@@ -1,0 +1,168 @@
+"""The data path: splits as uint8 tensors, batched per-image augmentation, determinism, ImageFolder and its cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import data as data_module
+from alexnet.config import compose, to_typed
+from alexnet.data import DataError, Loader, Split, load_dataset, random_crop, split_train_val
+
+
+def synthetic_cfg(*overrides):
+    return to_typed(compose(["data=synthetic", *overrides])).data
+
+
+def loader(split, train=True, seed=0, input_size=32, **kw) -> Loader:
+    return Loader(split, batch_size=64, input_size=input_size, mean=[0.5] * 3, std=[0.25] * 3,
+                  device=torch.device("cpu"), train=train, random_crop=train, hflip=train, seed=seed, **kw)
+
+
+def test_synthetic_splits_are_uint8_tensors_and_deterministic():
+    ds = load_dataset(synthetic_cfg())
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (4500, 500, 1000)
+    for split in (ds.train, ds.val, ds.test):
+        assert split.images.dtype == torch.uint8 and split.images.shape[1:] == (3, 32, 32)
+        assert split.labels.dtype == torch.int64 and set(split.labels.tolist()) == set(range(10))
+    again = load_dataset(synthetic_cfg())
+    assert torch.equal(ds.train.images, again.train.images) and torch.equal(ds.test.labels, again.test.labels)
+
+
+def test_split_is_fixed_by_split_seed_and_disjoint():
+    split = Split(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2), torch.arange(100))
+    train, val = split_train_val(split, 10, seed=0)
+    assert len(train) == 90 and len(val) == 10
+    assert set(train.labels.tolist()).isdisjoint(val.labels.tolist())
+    assert torch.equal(val.labels, split_train_val(split, 10, seed=0)[1].labels)
+    assert not torch.equal(val.labels, split_train_val(split, 10, seed=1)[1].labels)
+    with pytest.raises(DataError, match="data.val_size=100 leaves no training images"):
+        split_train_val(split, 100, seed=0)
+
+
+def test_batches_are_normalized_floats_at_input_size():
+    ds = load_dataset(synthetic_cfg())
+    for size in (32, 67, 224):
+        x, y = next(iter(loader(ds.val, train=False, input_size=size)))
+        assert x.dtype == torch.float32 and x.shape == (64, 3, size, size) and y.shape == (64,)
+        assert -2.0 - 1e-5 <= x.min() and x.max() <= 2.0 + 1e-5  # (0 - 0.5) / 0.25 .. (1 - 0.5) / 0.25
+    x, _ = next(iter(loader(ds.val, train=False)))
+    expected = (ds.val.images[:64].float() / 255 - 0.5) / 0.25
+    assert torch.allclose(x, expected, atol=1e-5)
+
+
+def test_augmentation_differs_per_image():
+    # The same image 64 times: each copy must get its own crop and flip.
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    split = Split(image.expand(64, 3, 32, 32).contiguous(), torch.zeros(64, dtype=torch.int64))
+    x, _ = next(iter(loader(split)))
+    distinct = {tuple(x[i].flatten()[:200].tolist()) for i in range(64)}
+    assert len(distinct) > 20  # 81 crops x 2 flips possible
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = random_crop(images, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_same_seed_same_batches_other_seed_or_epoch_differs():
+    ds = load_dataset(synthetic_cfg())
+    a, b, c = loader(ds.train, seed=3), loader(ds.train, seed=3), loader(ds.train, seed=4)
+    (xa, ya), (xb, yb), (xc, yc) = next(iter(a)), next(iter(b)), next(iter(c))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(ya, yc)
+    a.set_epoch(1)
+    assert not torch.equal(next(iter(a))[1], ya)
+
+
+def test_eval_loader_is_ordered_and_complete():
+    ds = load_dataset(synthetic_cfg())
+    batches = list(loader(ds.test, train=False))
+    assert len(batches) == 16 and torch.equal(torch.cat([y for _, y in batches]), ds.test.labels)
+    assert len(loader(ds.test, train=False, max_batches=3)) == 3
+
+
+def make_imagefolder(root: Path, classes=("cat", "dog", "frog"), per_class=6, size=32) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g)
+                Image.fromarray(pixels.numpy()).save(root / split / c / f"{i:04d}.png")
+    return root
+
+
+def imagefolder_cfg(root, tmp_path, *overrides):
+    return to_typed(compose(["data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                             "data.val_size=3", *overrides])).data
+
+
+def test_imagefolder_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
+    root = make_imagefolder(tmp_path / "ds")
+    ds = load_dataset(imagefolder_cfg(root, tmp_path))
+    assert ds.classes == ["cat", "dog", "frog"] and (len(ds.train), len(ds.val), len(ds.test)) == (15, 3, 18)
+    assert ds.train.images.dtype == torch.uint8
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 1
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data_module, "_decode", no_decoding)
+    again = load_dataset(imagefolder_cfg(root, tmp_path))
+    assert torch.equal(again.test.images, ds.test.images)
+
+
+def test_imagefolder_resizes_to_image_size(tmp_path):
+    root = make_imagefolder(tmp_path / "ds", size=40)
+    ds = load_dataset(imagefolder_cfg(root, tmp_path))
+    assert ds.train.images.shape[1:] == (3, 32, 32)
+
+
+def test_imagefolder_matches_the_lossless_cifar_sample(shared, tmp_path):
+    """Decoded JPEGs from the shared copy are the CIFAR-10 images (mild JPEG noise), in the right classes."""
+    import numpy as np
+    import tarfile
+
+    sample = np.load(shared / "data" / "cifar10-test-lossless-sample.npz")
+    names = [str(n) for n in sample["jpeg_names"][:50]]
+    with tarfile.open(shared / "data" / "cifar10-jpeg.tar.gz") as tar:
+        members = [tar.getmember(n) for n in names] + [tar.getmember(f"train/{n.split('/')[1]}/0000.jpg")
+                                                         for n in names]
+        tar.extractall(tmp_path / "ds", members=members, filter="data")
+    ds = load_dataset(imagefolder_cfg(tmp_path / "ds", tmp_path))
+    by_class = {c: i for i, c in enumerate(ds.classes)}
+    decoded = data_module._decode([[tmp_path / "ds" / n] for n in names], 32)
+    original = torch.from_numpy(sample["images"][:50]).permute(0, 3, 1, 2).float()
+    assert (decoded.images.float() - original).abs().mean() < 10  # README: mean abs difference 5.8 of 255
+    # Sorted class folders give CIFAR-10's own label order (airplane=0 ... truck=9).
+    assert [by_class[n.split("/")[1]] for n in names] == sample["labels"][:50].tolist()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda r: None, "does not exist"),
+    (lambda r: make_imagefolder(r) and __import__("shutil").rmtree(r / "test"), "test is not a directory"),
+    (lambda r: make_imagefolder(r) and (r / "train" / "empty").mkdir(), "holds no images"),
+    (lambda r: make_imagefolder(r) and (r / "test" / "frog").rename(r / "test" / "toad"), "has classes"),
+    (lambda r: make_imagefolder(r) and (r / "train" / "cat" / "0001.png").write_bytes(b"not a png"),
+     "cannot read image"),
+])
+def test_imagefolder_layout_errors_name_the_problem(tmp_path, damage, message):
+    root = tmp_path / "ds"
+    damage(root)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(imagefolder_cfg(root, tmp_path))
+    assert str(root) in str(e.value)
+
+
+def test_cifar10_missing_without_download_names_the_fix(tmp_path):
+    cfg = to_typed(compose(["data=cifar10", f"data.root={tmp_path}", "data.download=false"])).data
+    with pytest.raises(DataError, match="CIFAR-10 not found or corrupted") as e:
+        load_dataset(cfg)
+    assert "data.download=true" in str(e.value) and "data=synthetic" in str(e.value)

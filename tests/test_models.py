@@ -1,0 +1,110 @@
+"""The seed network exactly, LRN as in the paper, input sizes, width, final ReLU."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from alexnet.models import ARCHS, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, build_model, count_parameters, \
+    min_input_size, paper_lrn
+from alexnet.summary import layer_rows
+
+SEED_PARAMS = 46_787_978
+
+
+def seed_table(shared) -> list[tuple[str, tuple[int, ...], int]]:
+    text = (shared / "seed" / "alexnet-cifar10-seed.md").read_text()
+    rows = re.findall(r"^\s*(\w+-\d+)\s+\[-1, ([\d, ]+)\]\s+([\d,]+)\s*$", text, flags=re.M)
+    return [(name, tuple(int(s) for s in shape.split(",")), int(params.replace(",", ""))) for name, shape, params
+            in rows]
+
+
+def test_seed_table_is_reproduced_exactly(shared):
+    expected = seed_table(shared)
+    assert len(expected) == 21  # Conv2d-1 ... ReLU-21, parsed from the seed's summary
+    model = build_model("alexnet", num_classes=10, input_size=224, final_relu=True)
+    rows = [(r.name, r.shape, r.params) for r in layer_rows(model, 224)]
+    assert rows == expected
+    assert count_parameters(model) == SEED_PARAMS
+
+
+def test_seed_parameter_count_without_the_final_relu():
+    assert count_parameters(build_model("alexnet", num_classes=10)) == SEED_PARAMS
+
+
+def test_final_relu_only_when_asked():
+    x = torch.randn(4, 3, 224, 224)
+    torch.manual_seed(0)
+    plain = build_model("alexnet", final_relu=False).eval()
+    assert (plain(x) < 0).any()  # real logits can be negative
+    torch.manual_seed(0)
+    seedlike = build_model("alexnet", final_relu=True).eval()
+    assert (seedlike(x) >= 0).all()
+
+
+def direct_lrn(a: torch.Tensor, n=LRN_SIZE, k=LRN_K, alpha=LRN_ALPHA, beta=LRN_BETA) -> torch.Tensor:
+    """Krizhevsky et al. 2012, eq. in section 3.3, written out channel by channel."""
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        out[:, i] = a[:, i] / (k + alpha * (a[:, lo:hi + 1] ** 2).sum(1)) ** beta
+    return out
+
+
+def test_lrn_matches_the_paper_formula():
+    a = torch.rand(2, 12, 5, 5, dtype=torch.float64) * 30  # large activations, where alpha matters
+    expected = direct_lrn(a)
+    assert torch.allclose(paper_lrn().double()(a), expected, rtol=1e-12, atol=0)
+    naive = torch.nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K).double()(a)
+    assert not torch.allclose(naive, expected, rtol=1e-4)  # torch's alpha is the paper's divided by n
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_lrn_sits_after_the_first_two_conv_blocks(arch):
+    layers = [type(m).__name__ for m in build_model(arch, lrn=True, width=0.125).modules()
+              if not list(m.children())]
+    assert layers[:8] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d",
+                          "Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+    assert layers.count("LocalResponseNorm") == 2
+    assert "LocalResponseNorm" not in [type(m).__name__ for m in build_model(arch, lrn=False).modules()]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_valid_input_size_runs_and_smaller_fails(arch):
+    smallest = min_input_size(ARCHS[arch])
+    for size in (smallest, smallest + 1, 2 * smallest + 3, ARCHS[arch].default_input_size):
+        model = build_model(arch, input_size=size, width=0.125).eval()
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
+    with pytest.raises(ValueError, match=f"at least {smallest}"):
+        build_model(arch, input_size=smallest - 1)
+    # The smallest size really is the smallest: one pixel less breaks the convolutions themselves.
+    features = build_model(arch, input_size=smallest, width=0.125)[0]
+    with pytest.raises(RuntimeError, match="too small"):
+        features(torch.randn(1, 3, smallest - 1, smallest - 1))
+
+
+def test_alexnet_cifar_shapes_and_size():
+    model = build_model("alexnet_cifar")
+    assert [r.shape for r in layer_rows(model, 32) if r.name.startswith("MaxPool2d")] == [
+        (96, 15, 15), (256, 7, 7), (256, 3, 3)]
+    assert count_parameters(model) == 12_652_426  # documented in conf/model/alexnet_cifar.yaml and the README
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_width_scales_channels(arch):
+    small, full = build_model(arch, width=0.25), build_model(arch)
+    assert small[0][0].out_channels == round(full[0][0].out_channels * 0.25)
+    assert count_parameters(small) < count_parameters(full) / 8
+
+
+@pytest.mark.parametrize("num_classes", [2, 10, 100])
+def test_num_classes_sets_the_output(num_classes):
+    assert build_model("alexnet_cifar", num_classes=num_classes, width=0.125)(torch.randn(1, 3, 32, 32)).shape == (
+        1, num_classes)
+
+
+def test_dropout_is_configured():
+    drops = [m.p for m in build_model("alexnet_cifar", dropout=0.3).modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.3, 0.3]

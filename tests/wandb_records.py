@@ -1,0 +1,85 @@
+"""Read back what an offline W&B run logged, from its `run-*.wandb` file.
+
+The file is a LevelDB-style log: a 7-byte header (":W&B", magic 0xBEE1, version 0), then 32 KiB blocks of
+chunks, each with a 7-byte header (CRC32, little-endian length, type FULL/FIRST/MIDDLE/LAST). A record's
+chunks concatenate to one serialized `wandb_internal_pb2.Record`.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32 * 1024
+HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B log"
+    records, pending, pos = [], b"", HEADER
+    while pos + HEADER <= len(data):
+        if BLOCK - pos % BLOCK < HEADER:  # too little room left in the block for a header: padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        chunk = data[pos + HEADER:pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 0 and length == 0:  # zero fill at the end of a block
+            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
+            continue
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+@dataclass
+class OfflineRun:
+    run_id: str = ""
+    name: str = ""
+    group: str = ""
+    job_type: str = ""
+    tags: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # one dict per logged step
+    summary: dict = field(default_factory=dict)
+    exit_code: int | None = None
+
+
+def _key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def read_run(path: Path) -> OfflineRun:
+    run = OfflineRun()
+    for record in read_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            run.run_id, run.name, run.group, run.job_type = r.run_id, r.display_name, r.run_group, r.job_type
+            run.tags = list(r.tags)
+            for item in r.config.update:
+                run.config[_key(item)] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                run.config[_key(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            run.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            for item in record.summary.update:
+                run.summary[_key(item)] = json.loads(item.value_json)
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
+    return run
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
