@@ -55,18 +55,29 @@ class Tracker:
         self.mode = resolve_mode(mode)
         if self.mode == "disabled":
             return
+        init = dict(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
+                    job_type=job_type, config=config, dir=str(self.run_dir))
+        self.run = self._start(self.mode, init)
+        if self.run is None and self.mode == "online":  # keep it as an offline run that can be synced later
+            self.mode = "offline"
+            self.run = self._start(self.mode, init)
+        if self.run is None:
+            self.mode = "disabled"
+            log.warning("W&B is off for this run; every value is still written to %s",
+                        self.run_dir / "metrics.jsonl")
+        elif self.mode == "offline":
+            offline_dir = Path(self.run.dir).parent
+            log.info("W&B run stored offline in %s; upload it later with: wandb sync %s", offline_dir, offline_dir)
+
+    @staticmethod
+    def _start(mode: str, init: dict):
         try:
             import wandb
 
-            self.run = wandb.init(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
-                                  job_type=job_type, config=config, dir=str(self.run_dir), mode=self.mode)
-        except Exception as e:  # no server, bad key, broken install: keep training, keep the local record
-            log.warning("W&B could not start a run (%s: %s); training goes on and every value is still "
-                        "written to %s", type(e).__name__, e, self.run_dir / "metrics.jsonl")
-            return
-        if self.mode == "offline":
-            offline_dir = Path(self.run.dir).parent
-            log.info("W&B run stored offline in %s; upload it later with: wandb sync %s", offline_dir, offline_dir)
+            return wandb.init(mode=mode, **init)
+        except Exception as e:  # no server, refused key, broken install: training goes on regardless
+            log.warning("W&B could not start a run in %s mode (%s: %s)", mode, type(e).__name__, e)
+            return None
 
     def _wandb(self, what: str, call) -> None:
         if self.run is None:

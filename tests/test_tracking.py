@@ -1,0 +1,63 @@
+"""W&B mode resolution, and a W&B that cannot start never stops a run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alexnet.tracking import Tracker, resolve_mode
+from conftest import TINY
+from wandb_records import offline_runs, read_run
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # an empty netrc: no stored login
+
+
+def test_auto_is_offline_without_a_key(no_credentials):
+    assert resolve_mode("auto") == "offline"
+
+
+def test_auto_is_online_with_a_key(no_credentials, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+
+
+def test_auto_is_online_with_a_netrc_login(no_credentials, tmp_path):
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
+    assert resolve_mode("auto") == "online"
+
+
+def test_auto_respects_wandb_mode_and_explicit_modes_win(no_credentials, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("auto") == "disabled"
+    assert resolve_mode("offline") == "offline"
+
+
+def test_disabled_still_writes_metrics_jsonl(tmp_path):
+    tracker = Tracker(tmp_path, {"a": 1}, "disabled", "p")
+    tracker.log({"train/loss": 1.5, "nan": float("nan")}, step=3)
+    tracker.summary({"test/acc": 0.5})
+    tracker.finish()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["_step"] == 3 and lines[0]["train/loss"] == 1.5 and lines[0]["nan"] == "nan"
+    assert lines[1] == {"_summary": {"test/acc": 0.5}}
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_online_without_a_key_trains_and_keeps_an_offline_run(cli, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    overrides = [o for o in TINY if not o.startswith("wandb.")]
+    result = cli(*overrides, "trainer=smoke", "wandb.mode=online", HOME=str(home), WANDB_API_KEY="",
+                 NETRC=str(home / "netrc"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W&B could not start a run in online mode" in result.stdout
+    assert "upload it later with: wandb sync" in result.stdout
+    (run_dir,) = {p.parent for p in cli.cwd.glob("outputs/*/*/metrics.jsonl")}
+    (path,) = offline_runs(run_dir)
+    run = read_run(path)
+    assert run.exit_code == 0 and "test/acc" in run.summary and any("train/loss" in h for h in run.history)
