@@ -239,8 +239,18 @@ class WandbConfig:
     mode: WandbMode = WandbMode.auto  # auto: online when an API key is configured, else offline
     project: str = "alexnet"
     entity: Optional[str] = None
-    group: Optional[str] = None  # default: the multirun's sweep dir, so each sweep is one group
+    group: Optional[str] = None  # default: the sweep (multirun dir) or experiment, so each study is one group
     tags: List[str] = field(default_factory=list)
+    log_model: Optional[bool] = None  # best checkpoint as a model artifact; null: only when online
+    watch: bool = False  # gradient and parameter histograms (wandb.watch)
+    watch_log_freq: int = 100
+    sample_predictions: int = 48  # rows of the test-prediction table logged at the end
+    init_timeout: float = 60.0  # seconds to wait for the server before keeping the run offline
+
+    def __post_init__(self) -> None:
+        _check(self.watch_log_freq >= 1, "wandb.watch_log_freq", self.watch_log_freq, "an integer >= 1")
+        _check(self.sample_predictions >= 0, "wandb.sample_predictions", self.sample_predictions, "an integer >= 0")
+        _check(self.init_timeout > 0, "wandb.init_timeout", self.init_timeout, "a positive number of seconds")
 
 
 @dataclass
@@ -252,6 +262,11 @@ class Config:
     trainer: Any = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
+
+
+@dataclass
+class EvaluateConfig(Config):
+    ckpt: str = MISSING  # the checkpoint to score; its model (and, unless overridden, its data) config is used
 
 
 GROUP_SCHEMAS = {
@@ -267,6 +282,7 @@ def register_configs() -> None:
     """Store the schemas where conf/ YAML files find them: `/schema/<group>@_here_: <name>`."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
     for group, schemas in GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=node)

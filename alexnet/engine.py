@@ -76,16 +76,29 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
 
 @torch.no_grad()
 def evaluate(model, loader: Loader, device: torch.device, precision: str) -> dict:
-    """Mean cross-entropy, accuracy and predictions over the whole loader."""
+    """Mean cross-entropy, accuracy, and each image's prediction and confidence (max softmax probability)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
-    predictions, targets = [], []
+    predictions, confidences, targets = [], [], []
     for images, labels in loader:
         with autocast(device, precision):
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        predictions.append(logits.argmax(1))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        confidence, prediction = logits.softmax(1).max(1)
+        predictions.append(prediction)
+        confidences.append(confidence)
         targets.append(labels)
     predictions, targets = torch.cat(predictions), torch.cat(targets)
     return {"loss": loss_sum.item() / len(targets), "acc": (predictions == targets).float().mean().item(),
-            "predictions": predictions.cpu(), "targets": targets.cpu()}
+            "predictions": predictions.cpu(), "confidences": torch.cat(confidences).cpu(), "targets": targets.cpu()}
+
+
+def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts, rows = true class, columns = predicted class."""
+    flat = targets.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    return (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()

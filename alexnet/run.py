@@ -53,14 +53,20 @@ def make_loaders(cfg: Config, data, device: torch.device) -> tuple[Loader, Loade
     return train, val, test
 
 
-def run_name_and_group(cfg: Config) -> tuple[str | None, str | None]:
-    """Name: the overrides that make this run differ; group: the sweep, so a multirun is one W&B group."""
+def run_name_and_group(cfg: Config) -> tuple[str, str | None]:
+    """Name: what differs from the defaults, e.g. `optimizer=adam,model.dropout=0.5`.
+
+    Group: `wandb.group` if set, else the study: the sweep dir of a multirun (prefixed by the experiment's
+    name when run from experiments/), or the experiment's name for a single run of one.
+    """
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "wandb."))]
+    experiment = hydra_cfg.job.config_name if hydra_cfg.job.config_name != "config" else None
+    name = ",".join(overrides) or experiment or "defaults"
     group = cfg.wandb.group
     if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
-        group = hydra_cfg.sweep.dir
-    return (",".join(overrides) or None), group
+        group = f"{experiment}:{hydra_cfg.sweep.dir}" if experiment else hydra_cfg.sweep.dir
+    return name, group or experiment
 
 
 def train(dict_cfg: DictConfig) -> float:
@@ -85,7 +91,11 @@ def train(dict_cfg: DictConfig) -> float:
     name, group = run_name_and_group(cfg)
     config = to_dict(dict_cfg)
     tracker = Tracker(run_dir, config, cfg.wandb.mode.value, cfg.wandb.project, cfg.wandb.entity, group,
-                      cfg.wandb.tags, name)
+                      cfg.wandb.tags, name, init_timeout=cfg.wandb.init_timeout)
+    if cfg.wandb.watch:
+        tracker.watch(model, cfg.wandb.watch_log_freq)
+    run_info = {"name": name, "group": group, "wandb_run_id": tracker.run_id, "project": cfg.wandb.project,
+                "entity": cfg.wandb.entity, "overrides": list(HydraConfig.get().overrides.task)}
     ckpt_dir = run_dir / "checkpoints"
     best_val_acc, best_state, step, exit_code = -1.0, None, 0, 1
     try:
@@ -98,7 +108,7 @@ def train(dict_cfg: DictConfig) -> float:
             best_val_acc = max(best_val_acc, val["acc"])
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                     "val_acc": val["acc"], "config": config, "classes": data.classes}
+                     "val_acc": val["acc"], "config": config, "classes": data.classes, "run": run_info}
             if cfg.trainer.save_checkpoints:
                 save_checkpoint(ckpt_dir / "last.pt", state)
                 if improved:
@@ -117,9 +127,14 @@ def train(dict_cfg: DictConfig) -> float:
         model.load_state_dict(best_state)
         test = evaluate(model, test_loader, device, precision)
         log.info("test (best checkpoint, val acc %.4f): loss %.4f acc %.4f", best_val_acc, test["loss"], test["acc"])
-        tracker.summary({"test/acc": test["acc"], "test/loss": test["loss"], "val/best_acc": best_val_acc,
-                         "val/acc": best_val_acc, "params": num_params, "epochs": cfg.trainer.epochs,
-                         "steps": step})
+        tracker.log_test_results(test, data.classes, data.test.images, step, cfg.wandb.sample_predictions)
+        # val/acc's summary is W&B's running max (define_metric): writing it here would clobber it.
+        summary = {"test/acc": test["acc"], "test/loss": test["loss"], "val/best_acc": best_val_acc,
+                   "params": num_params, "epochs": cfg.trainer.epochs, "steps": step}
+        tracker.summary(summary)
+        log_model = cfg.wandb.log_model if cfg.wandb.log_model is not None else tracker.mode == "online"
+        if log_model and cfg.trainer.save_checkpoints:
+            tracker.log_model(ckpt_dir / "best.pt", {**summary, "config": config})
         exit_code = 0
     finally:
         tracker.finish(exit_code)

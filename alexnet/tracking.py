@@ -1,8 +1,8 @@
 """Run tracking, from one place: every value goes to the run dir's metrics.jsonl and, when it can, to W&B.
 
-metrics.jsonl is the local record (one JSON object per line: `{"_step": N, key: value, ...}` for history,
-`{"_summary": {...}}` for final values); it is written whatever happens to W&B. A W&B failure is reported
-once as a warning and never stops or loses a run.
+metrics.jsonl is the local record, one JSON object per line: `{"_step": N, key: value, ...}` for history,
+`{"_summary": {...}}` for final values and `{"_exit": code}` last. It is written whatever happens to W&B;
+a W&B failure is reported once as a warning and never stops or loses a run.
 """
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def resolve_mode(mode: str) -> str:
     return os.environ.get("WANDB_MODE") or ("online" if api_key_configured() else "offline")
 
 
+def spread_indices(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    return [round(i * (n - 1) / max(1, k - 1)) for i in range(k)]
+
+
 def _jsonable(value):
     if hasattr(value, "item"):
         value = value.item()
@@ -47,7 +54,7 @@ def _jsonable(value):
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, mode: str, project: str, entity: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, name: str | None = None,
-                 job_type: str = "train"):
+                 job_type: str = "train", init_timeout: float = 60.0):
         self.run_dir = Path(run_dir)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a")
         self.start = time.time()
@@ -57,27 +64,43 @@ class Tracker:
             return
         init = dict(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
                     job_type=job_type, config=config, dir=str(self.run_dir))
-        self.run = self._start(self.mode, init)
+        self.run, error = self._start(self.mode, init, init_timeout)
         if self.run is None and self.mode == "online":  # keep it as an offline run that can be synced later
             self.mode = "offline"
-            self.run = self._start(self.mode, init)
+            self.run, offline_error = self._start(self.mode, init, init_timeout)
+            error = error if self.run is not None else f"{error}; offline: {offline_error}"
         if self.run is None:
             self.mode = "disabled"
-            log.warning("W&B is off for this run; every value is still written to %s",
-                        self.run_dir / "metrics.jsonl")
-        elif self.mode == "offline":
+            log.warning("W&B could not start a run (%s); training goes on and every value is still written to %s",
+                        error, self.run_dir / "metrics.jsonl")
+            return
+        if self.mode == "offline":
             offline_dir = Path(self.run.dir).parent
-            log.info("W&B run stored offline in %s; upload it later with: wandb sync %s", offline_dir, offline_dir)
+            if error:
+                log.warning("W&B could not start an online run (%s); the run is kept offline in %s. "
+                            "Upload it later with: wandb sync %s", error, offline_dir, offline_dir)
+            else:
+                log.info("W&B run stored offline in %s; upload it later with: wandb sync %s", offline_dir, offline_dir)
+        if job_type == "train":
+            self._wandb("define_metric", self._define_metrics)
 
     @staticmethod
-    def _start(mode: str, init: dict):
+    def _start(mode: str, init: dict, init_timeout: float):
+        """(run, None), or (None, what went wrong): no server, a refused key, a broken install."""
         try:
             import wandb
 
-            return wandb.init(mode=mode, **init)
-        except Exception as e:  # no server, refused key, broken install: training goes on regardless
-            log.warning("W&B could not start a run in %s mode (%s: %s)", mode, type(e).__name__, e)
-            return None
+            return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **init), None
+        except Exception as e:
+            return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+    @staticmethod
+    def _define_metrics(run) -> None:
+        """Epoch-level charts use the epoch as x-axis; the summary keeps the best val/acc, not the last."""
+        run.define_metric("epoch")
+        for key in ("val/*", "train/acc", "train/loss_epoch", "train/images_per_sec", "train/time", "epoch_time"):
+            run.define_metric(key, step_metric="epoch")
+        run.define_metric("val/acc", step_metric="epoch", summary="max")
 
     def _wandb(self, what: str, call) -> None:
         if self.run is None:
@@ -103,7 +126,62 @@ class Tracker:
         self._write({"_summary": metrics})
         self._wandb("summary", lambda run: run.summary.update(metrics))
 
+    def watch(self, model, log_freq: int) -> None:
+        """Gradient and parameter histograms every `log_freq` steps (costly: off by default)."""
+        self._wandb("watch", lambda run: run.watch(model, log="all", log_freq=log_freq))
+
+    def log_test_results(self, results: dict, classes: list[str], images, step: int, num_samples: int) -> None:
+        """Confusion matrix, per-class accuracy and sample predictions: to test_results.json and to W&B.
+
+        `images` are the test split's uint8 images (N x 3 x H x W), in the order of `results`.
+        """
+        from alexnet.engine import confusion_matrix, per_class_accuracy
+
+        predictions, targets, confidences = results["predictions"], results["targets"], results["confidences"]
+        confusion = confusion_matrix(predictions, targets, len(classes))
+        per_class = per_class_accuracy(confusion)
+        record = {"classes": classes, "confusion_matrix": confusion.tolist(),
+                  "per_class_acc": dict(zip(classes, per_class)), "acc": results["acc"], "loss": results["loss"]}
+        (self.run_dir / "test_results.json").write_text(json.dumps(record, indent=1))
+        self._wandb("test results", lambda run: run.log(
+            self._wandb_test_results(predictions, targets, confidences, classes, per_class, images, num_samples),
+            step=step))
+
+    @staticmethod
+    def _wandb_test_results(predictions, targets, confidences, classes, per_class, images, num_samples) -> dict:
+        import wandb
+
+        accuracy = wandb.Table(columns=["class", "accuracy"], data=[[c, a] for c, a in zip(classes, per_class)])
+        samples = wandb.Table(columns=["image", "true", "predicted", "confidence", "correct"])
+        # Evenly spaced test images: the same rows in every run of a data set, so runs compare row by row.
+        for i in sorted(set(spread_indices(len(targets), num_samples))):
+            t, p = int(targets[i]), int(predictions[i])
+            samples.add_data(wandb.Image(images[i].permute(1, 2, 0).numpy()), classes[t], classes[p],
+                             float(confidences[i]), t == p)
+        return {"test/confusion_matrix": wandb.plot.confusion_matrix(
+                    y_true=targets.tolist(), preds=predictions.tolist(), class_names=classes,
+                    title="Test confusion matrix"),
+                "test/per_class_acc": wandb.plot.bar(accuracy, "class", "accuracy", title="Test accuracy per class"),
+                "test/predictions": samples}
+
+    def log_model(self, path: Path, metadata: dict) -> None:
+        """The checkpoint as a W&B model artifact, aliased `best`."""
+        def upload(run):
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path), name=Path(path).name)
+            run.log_artifact(artifact, aliases=["best", "latest"])
+
+        self._wandb("log_artifact", upload)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
     def finish(self, exit_code: int = 0) -> None:
+        """Always called, also on errors: the last line of metrics.jsonl says how the run ended."""
+        self._write({"_exit": exit_code})
         self._wandb("finish", lambda run: run.finish(exit_code=exit_code))
         self.run = None
         self.metrics.close()

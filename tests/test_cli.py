@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexnet.report import load_local_run
 from conftest import TINY
 from wandb_records import offline_runs, read_run
 
@@ -31,9 +32,10 @@ def trained(tmp_path_factory):
 
 def test_run_learns_far_above_chance(trained):
     _, run_dir = trained
-    summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]["_summary"]
-    assert summary["test/acc"] > 0.6  # chance is 0.1
-    assert summary["val/best_acc"] > 0.6
+    record = load_local_run(run_dir)
+    assert record.status == "finished"
+    assert record.summary["test/acc"] > 0.6  # chance is 0.1
+    assert record.summary["val/best_acc"] > 0.6
 
 
 def test_run_dir_holds_everything(trained):
@@ -59,7 +61,8 @@ def test_metrics_jsonl_is_the_complete_local_record(trained):
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["_step"] == 2 * steps_per_epoch
     for key in ["train/acc", "val/loss", "val/acc", "train/images_per_sec", "epoch_time"]:
         assert all(key in r for r in epochs), key
-    assert set(records[-1]["_summary"]) >= {"test/acc", "test/loss", "val/best_acc", "params"}
+    assert set(records[-2]["_summary"]) >= {"test/acc", "test/loss", "val/best_acc", "params"}
+    assert records[-1] == {"_exit": 0}
 
 
 def test_wandb_run_holds_config_history_and_summary(trained):
@@ -77,7 +80,7 @@ def test_wandb_run_holds_config_history_and_summary(trained):
     assert len(epoch_rows) == 2
     for key in ["train/acc", "val/loss", "train/images_per_sec", "epoch_time"]:
         assert all(key in h for h in epoch_rows), key
-    local = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["_summary"]
+    local = load_local_run(run_dir).summary
     for key in ["test/acc", "test/loss", "val/best_acc", "params"]:
         assert run.summary[key] == pytest.approx(local[key]), key
     assert run.summary["params"] == 796_138  # alexnet_cifar at width 0.25, 10 classes

@@ -55,9 +55,32 @@ def test_online_without_a_key_trains_and_keeps_an_offline_run(cli, tmp_path):
     result = cli(*overrides, "trainer=smoke", "wandb.mode=online", HOME=str(home), WANDB_API_KEY="",
                  NETRC=str(home / "netrc"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "W&B could not start a run in online mode" in result.stdout
-    assert "upload it later with: wandb sync" in result.stdout
+    assert "W&B could not start an online run" in result.stdout and "the run is kept offline" in result.stdout
+    assert "Upload it later with: wandb sync" in result.stdout
     (run_dir,) = {p.parent for p in cli.cwd.glob("outputs/*/*/metrics.jsonl")}
     (path,) = offline_runs(run_dir)
     run = read_run(path)
     assert run.exit_code == 0 and "test/acc" in run.summary and any("train/loss" in h for h in run.history)
+
+
+def test_unreachable_server_keeps_the_run_offline_within_bounded_time(cli, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [o for o in TINY if not o.startswith("wandb.")]
+    start = time.monotonic()
+    result = cli(*overrides, "trainer=smoke", "wandb.mode=online", "wandb.init_timeout=5", timeout=240,
+                 WANDB_BASE_URL=f"http://127.0.0.1:{port}", WANDB_API_KEY="x" * 40, HOME=str(tmp_path))
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert elapsed < 120, f"took {elapsed:.0f}s"
+    warnings = [line for line in result.stdout.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "could not start an online run" in warnings[0] and "wandb sync" in warnings[0]
+    (run_dir,) = {p.parent for p in cli.cwd.glob("outputs/*/*/metrics.jsonl")}
+    (path,) = offline_runs(run_dir)
+    run = read_run(path)
+    assert run.exit_code == 0 and "test/acc" in run.summary and any("train/loss" in h for h in run.history)
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]) == {"_exit": 0}

@@ -52,10 +52,16 @@ class OfflineRun:
     history: list = field(default_factory=list)  # one dict per logged step
     summary: dict = field(default_factory=dict)
     exit_code: int | None = None
+    metrics: dict = field(default_factory=dict)  # define_metric: name or glob -> {"step_metric", "summary"}
+    artifacts: list = field(default_factory=list)  # {"name", "type", "aliases", "metadata"}
 
 
-def _key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
+def _put(target: dict, item) -> None:
+    """Set one item: nested keys (["test/predictions", "nrows"]) become nested dicts."""
+    *parents, last = list(item.nested_key) if item.nested_key else [item.key]
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[last] = json.loads(item.value_json)
 
 
 def read_run(path: Path) -> OfflineRun:
@@ -67,17 +73,28 @@ def read_run(path: Path) -> OfflineRun:
             run.run_id, run.name, run.group, run.job_type = r.run_id, r.display_name, r.run_group, r.job_type
             run.tags = list(r.tags)
             for item in r.config.update:
-                run.config[_key(item)] = json.loads(item.value_json)
+                _put(run.config, item)
         elif kind == "config":
             for item in record.config.update:
-                run.config[_key(item)] = json.loads(item.value_json)
+                _put(run.config, item)
         elif kind == "history":
-            run.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+            row = {}
+            for item in record.history.item:
+                _put(row, item)
+            run.history.append(row)
         elif kind == "summary":
             for item in record.summary.update:
-                run.summary[_key(item)] = json.loads(item.value_json)
+                _put(run.summary, item)
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
+        elif kind == "metric":
+            m = record.metric
+            summary = [f.name for f, value in m.summary.ListFields() if value]
+            run.metrics[m.name or m.glob_name] = {"step_metric": m.step_metric, "summary": summary}
+        elif kind == "artifact":
+            a = record.artifact
+            run.artifacts.append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                                  "metadata": json.loads(a.metadata) if a.metadata else {}})
     return run
 
 
