@@ -18,5 +18,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    """`mmap=True` reads tensors lazily: cheap when only the config is needed."""
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

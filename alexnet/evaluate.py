@@ -1,0 +1,144 @@
+"""`python -m alexnet.evaluate ckpt=PATH [overrides]`: score a checkpoint on a test split.
+
+The model is rebuilt from the config stored in the checkpoint, so no model overrides are needed (any given are
+ignored, with a warning). The data is the checkpoint's too unless the command line changes it: `data=OPTION`
+picks another source, `data.KEY=VALUE` adjusts the checkpoint's. Prints the test loss and accuracy, per-class
+accuracy and the confusion matrix, and logs them as a W&B run with job_type=eval in the training run's group.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from alexnet.checkpoint import load_checkpoint
+from alexnet.config import GROUP_SCHEMAS, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
+from alexnet.data import Loader, load_dataset
+from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
+from alexnet.models import model_from_config
+from alexnet.run import resolve_device
+from alexnet.tracking import Tracker
+
+log = logging.getLogger("alexnet")
+
+
+def read_checkpoint(path: str) -> dict:
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt={path} does not exist. Fix: pass a checkpoint file, e.g. "
+                          f"ckpt=outputs/<date>/<time>/checkpoints/best.pt")
+    try:
+        ckpt = load_checkpoint(Path(path))
+        ckpt["config"]["model"], ckpt["model"]  # noqa: B018 - the keys evaluation needs
+    except Exception as e:
+        raise UserError(f"ckpt={path} is not a checkpoint written by alexnet.run ({type(e).__name__}: {e}). "
+                        f"Fix: pass checkpoints/best.pt or checkpoints/last.pt of a training run.") from e
+    return ckpt
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def checkpoint_config(dict_cfg: DictConfig, trained: dict, overrides: list[str]) -> DictConfig:
+    """The composed config with the checkpoint's model, and its data unless the command line changed it."""
+    keys = [_key(o) for o in overrides]
+    if any(k == "model" or k.startswith("model.") for k in keys):
+        log.warning("model overrides are ignored: the model is rebuilt from the checkpoint's config")
+    cfg = dict_cfg.copy()
+    cfg.model = OmegaConf.merge(OmegaConf.structured(GROUP_SCHEMAS["model"]["default"]), trained["model"])
+    if dict_cfg.data.name == trained["data"]["name"]:  # the checkpoint's data, with any data.KEY=VALUE on top
+        data = OmegaConf.merge(OmegaConf.structured(GROUP_SCHEMAS["data"][trained["data"]["name"]]), trained["data"])
+        for key in (k for k in keys if k.startswith("data.")):
+            OmegaConf.update(data, key[len("data."):], OmegaConf.select(dict_cfg, key), merge=False)
+        cfg.data = data
+    return cfg
+
+
+def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
+    ckpt = read_checkpoint(dict_cfg.ckpt)
+    trained_run = ckpt.get("run", {})
+    overrides = list(HydraConfig.get().overrides.task)
+    composed = checkpoint_config(dict_cfg, ckpt["config"], overrides)
+    cfg = to_typed(composed)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = resolve_device(cfg.trainer.device.value)
+    precision = cfg.trainer.precision.value
+    log.info("checkpoint: %s (epoch %s, val acc %.4f) | run dir: %s", cfg.ckpt, ckpt.get("epoch"),
+             ckpt.get("val_acc", float("nan")), run_dir)
+    log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))
+
+    data = load_dataset(cfg.data)
+    if len(data.classes) != len(ckpt["classes"]):
+        raise UserError(f"the checkpoint has {len(ckpt['classes'])} classes but data={cfg.data.name} has "
+                        f"{len(data.classes)}. Fix: evaluate on a data set with the checkpoint's classes.")
+    model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
+    model.load_state_dict(ckpt["model"])
+    loader = Loader(data.test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
+                    max_batches=cfg.trainer.limit_batches)
+    result = evaluate(model, loader, device, precision)
+    confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))
+    print_results(result, data.classes, confusion)
+
+    config = {**to_dict(composed), "trained_run": trained_run}
+    name = f"eval:{trained_run.get('name') or Path(cfg.ckpt).parent.parent.name}"
+    tracker = Tracker(run_dir, config, cfg.wandb.mode.value, trained_run.get("project") or cfg.wandb.project,
+                      trained_run.get("entity") or cfg.wandb.entity, cfg.wandb.group or trained_run.get("group"),
+                      cfg.wandb.tags, name, job_type="eval", init_timeout=cfg.wandb.init_timeout)
+    exit_code = 1
+    try:
+        tracker.log_test_results(result, data.classes, data.test.images, 0, cfg.wandb.sample_predictions)
+        tracker.summary({"test/acc": result["acc"], "test/loss": result["loss"], "ckpt": str(cfg.ckpt),
+                         **{f"test/acc_{c}": a for c, a in zip(data.classes, per_class_accuracy(confusion))}})
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
+    return result["acc"]
+
+
+def print_results(result: dict, classes: list[str], confusion) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    print(f"test loss {result['loss']:.4f} | test accuracy {result['acc']:.4f} ({len(result['targets'])} images)")
+    per_class = Table(title="per-class accuracy")
+    per_class.add_column("class")
+    per_class.add_column("accuracy", justify="right")
+    per_class.add_column("images", justify="right")
+    for name, acc, count in zip(classes, per_class_accuracy(confusion), confusion.sum(1).tolist()):
+        per_class.add_row(name, f"{acc:.4f}", str(count))
+    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("")
+    for name in classes:
+        matrix.add_column(name[:5], justify="right")
+    for name, row in zip(classes, confusion.tolist()):
+        matrix.add_row(name, *map(str, row))
+    console = Console(width=max(100, 12 + 7 * len(classes)))
+    console.print(per_class)
+    console.print(matrix)
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def hydra_main(dict_cfg: DictConfig) -> float:
+    with exit_on_user_error():
+        return evaluate_checkpoint(dict_cfg)
+
+
+def main() -> None:
+    """Compose with the checkpoint's data option, so that `data.KEY=VALUE` adjusts the checkpoint's own data."""
+    argv = sys.argv[1:]
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt=")), None)
+    if ckpt and "data" not in map(_key, argv):
+        try:
+            name = load_checkpoint(Path(ckpt), mmap=True)["config"]["data"]["name"]
+            sys.argv.insert(1, f"data={name}")
+        except Exception:
+            pass  # evaluate_checkpoint reports a missing or unreadable checkpoint
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

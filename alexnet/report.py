@@ -1,0 +1,329 @@
+"""`python -m alexnet.report PATH...` / `--wandb ENTITY/PROJECT --group GROUP`: compare the runs of a sweep.
+
+Finds the runs, works out which config values vary between them, and writes a table (one row per
+configuration, mean +- std over seeds) and plots as report.md, a self-contained report.html and PNGs. Offline it
+reads each run dir's local record (.hydra/config.yaml and metrics.jsonl), so it needs no W&B; with --wandb it
+reads the runs from the server and also saves a W&B Report with the same comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IGNORED = ("seed", "wandb.")  # seeds are what rows average over; W&B settings change nothing trained
+
+
+class ReportError(Exception):
+    """Nothing to report; the message says why and what to pass instead."""
+
+
+@dataclass
+class RunRecord:
+    name: str
+    config: dict  # flattened: {"model.dropout": 0.5, ...}
+    status: str  # finished | failed | unfinished
+    summary: dict = field(default_factory=dict)
+    epochs: list = field(default_factory=list)  # one dict per epoch: epoch, val/acc, train/images_per_sec, ...
+    runtime: float | None = None  # seconds
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ finding runs
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run dirs (holding .hydra/config.yaml) at or below each path."""
+    found = []
+    for path in paths:
+        candidates = [path] if (path / ".hydra" / "config.yaml").is_file() else sorted(
+            p.parent.parent for p in path.rglob("config.yaml") if p.parent.name == ".hydra")
+        found += [d for d in candidates if d not in found]
+    return found
+
+
+def load_local_runs(paths: list[Path]) -> list[RunRecord]:
+    """The training runs at or below `paths` (evaluation runs, whose config names a `ckpt`, left out)."""
+    return [run for run in map(load_local_run, find_run_dirs(paths)) if "ckpt" not in run.config]
+
+
+def load_local_run(run_dir: Path) -> RunRecord:
+    from omegaconf import OmegaConf
+
+    config = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True))
+    record = RunRecord(name=str(run_dir), config=config, status="unfinished")
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        record.status = "failed"  # stopped before training: a config or data error
+        return record
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if "_summary" in row:
+            record.summary = row["_summary"]
+        elif "_exit" in row:
+            record.status = "finished" if row["_exit"] == 0 and record.summary else "failed"
+        elif "val/acc" in row:
+            record.epochs.append(row)
+        if "_runtime" in row:
+            record.runtime = row["_runtime"]
+    return record
+
+
+def load_wandb_runs(path: str, group: str) -> list[RunRecord]:
+    import wandb
+
+    records = []
+    for run in wandb.Api().runs(path, filters={"group": group}):
+        if run.job_type == "eval":
+            continue
+        status = {"finished": "finished", "running": "unfinished"}.get(run.state, "failed")
+        history = [row for row in run.scan_history(keys=["epoch", "val/acc", "train/images_per_sec"])]
+        summary = {k: v for k, v in run.summary.items() if not k.startswith("_")}
+        records.append(RunRecord(run.name, flatten(dict(run.config)), status, summary, history,
+                                 run.summary.get("_runtime")))
+    return records
+
+
+# ------------------------------------------------------------------------------------------- comparison
+
+def varied_keys(runs: list[RunRecord]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.config})
+    return [k for k in keys if not k.startswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+@dataclass
+class Row:
+    values: dict  # varied key -> value
+    runs: list
+    seeds: int
+    val_acc: tuple
+    test_acc: tuple
+    epochs: int
+    wall_time: float | None
+    images_per_sec: float | None
+    params: int | None
+
+
+def compare(runs: list[RunRecord], keys: list[str]) -> list[Row]:
+    """One row per distinct configuration, mean +- std over its runs (seeds), sorted by test accuracy."""
+    by_config: dict[tuple, list[RunRecord]] = {}
+    for run in runs:
+        by_config.setdefault(tuple(repr(run.config.get(k)) for k in keys), []).append(run)
+    rows = []
+    for group in by_config.values():
+        speeds = [statistics.fmean(e["train/images_per_sec"] for e in r.epochs if "train/images_per_sec" in e)
+                  for r in group if any("train/images_per_sec" in e for e in r.epochs)]
+        times = [r.runtime for r in group if r.runtime is not None]
+        rows.append(Row(
+            values={k: group[0].config.get(k) for k in keys}, runs=group, seeds=len({r.config.get("seed") for r in group}),
+            val_acc=mean_std([r.summary["val/best_acc"] for r in group]),
+            test_acc=mean_std([r.summary["test/acc"] for r in group]),
+            epochs=max(int(r.summary.get("epochs", len(r.epochs))) for r in group),
+            wall_time=statistics.fmean(times) if times else None,
+            images_per_sec=statistics.fmean(speeds) if speeds else None,
+            params=group[0].summary.get("params")))
+    return sorted(rows, key=lambda row: row.test_acc[0], reverse=True)
+
+
+def _pm(mean_and_std: tuple, seeds: int) -> str:
+    mean, std = mean_and_std
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f}"
+
+
+def table(rows: list[Row], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = [*keys, "seeds", "val/acc (best)", "test/acc", "epochs", "wall time (s)", "images/s", "params"]
+    body = [[str(row.values[k]) for k in keys] + [
+        str(row.seeds), _pm(row.val_acc, len(row.runs)), _pm(row.test_acc, len(row.runs)), str(row.epochs),
+        f"{row.wall_time:.0f}" if row.wall_time is not None else "-",
+        f"{row.images_per_sec:.0f}" if row.images_per_sec is not None else "-",
+        f"{row.params:,}" if row.params is not None else "-"] for row in rows]
+    return header, body
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+def _label(row: Row, keys: list[str]) -> str:
+    return ", ".join(f"{k}={row.values[k]}" for k in keys) or "all runs"
+
+
+def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.get_cmap("tab10")
+    for i, row in enumerate(rows):
+        for j, run in enumerate(row.runs):
+            epochs = [e["epoch"] for e in run.epochs]
+            ax.plot(epochs, [e["val/acc"] for e in run.epochs], color=colours(i % 10), marker="o", markersize=3,
+                    alpha=0.85, label=_label(row, keys) if j == 0 else None)
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
+    """Final test accuracy of every run against one varied value, with the mean per value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: dict = {}
+    for row in rows:
+        for run in row.runs:
+            points.setdefault(row.values[key], []).append(run.summary["test/acc"])
+    values = list(points)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    values = sorted(values) if numeric else sorted(values, key=str)
+    xs = values if numeric else list(range(len(values)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for x, value in zip(xs, values):
+        ax.scatter([x] * len(points[value]), points[value], color="tab:blue", alpha=0.6, s=20)
+    ax.plot(xs, [statistics.fmean(points[v]) for v in values], color="tab:red", marker="D", label="mean")
+    if not numeric:
+        ax.set_xticks(xs, [str(v) for v in values])
+    ax.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def write_report(runs: list[RunRecord], out: Path, title: str) -> dict:
+    """Write report.md, report.html and the plot PNGs into `out`; returns what it wrote and found."""
+    finished = [r for r in runs if r.status == "finished"]
+    skipped = [r for r in runs if r.status != "finished"]
+    if not finished:
+        raise ReportError(f"none of the {len(runs)} runs finished: " + "; ".join(
+            f"{r.name} ({r.status})" for r in skipped) + ". Fix: finish or re-run them, then report again.")
+    keys = varied_keys(finished)
+    rows = compare(finished, keys)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [plot_val_acc(rows, keys, out / "val_acc_vs_epoch.png")]
+    plots += [plot_test_acc(rows, key, out / f"test_acc_vs_{key.replace('.', '_')}.png") for key in keys]
+    header, body = table(rows, keys)
+    notes = []
+    if not keys:
+        notes.append("Nothing varies between these runs but the seed: one row, averaged over seeds.")
+    if skipped:
+        notes.append("Left out (not finished): " + "; ".join(f"{r.name} ({r.status})" for r in skipped))
+
+    md = [f"# {title}", "", f"{len(finished)} finished runs, {len(rows)} configurations; varied: "
+          f"{', '.join(keys) or 'nothing'}. Mean ± std over seeds; sorted by test accuracy.", ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(cells) + " |" for cells in body]
+    md += ["", *[f"> {n}" for n in notes], "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    (out / "report.md").write_text("\n".join(md))
+
+    def embedded(p: Path) -> str:
+        return f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}img{max-width:100%;display:block;margin:1em 0}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(md[2])}</p><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>"
+            + "".join(f"<p><em>{html.escape(n)}</em></p>" for n in notes)
+            + "".join(embedded(p) for p in plots) + "</body></html>")
+    (out / "report.html").write_text(page)
+    return {"rows": rows, "keys": keys, "plots": plots, "skipped": skipped, "notes": notes}
+
+
+def build_wandb_report(entity: str, project: str, group: str, keys: list[str]):
+    """A W&B Report over the group's runs: val/acc per epoch, final accuracy against each varied value."""
+    import wandb_workspaces.reports.v2 as wr
+
+    runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}' and JobType = 'train'")
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in keys]
+    columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("test/acc")))
+    panels = [wr.LinePlot(title="Validation accuracy", x="epoch", y=["val/acc"]),
+              wr.BarPlot(title="Final test accuracy", metrics=["test/acc"], orientation="h"),
+              wr.ParallelCoordinatesPlot(title="Test accuracy against the varied values", columns=columns)]
+    return wr.Report(entity=entity, project=project, title=f"Comparison: {group}",
+                     description=f"Runs of group {group}; varied: {', '.join(keys) or 'nothing'}.",
+                     blocks=[wr.H1(f"Comparison: {group}"),
+                             wr.P(f"Varied: {', '.join(keys) or 'nothing but the seed'}."),
+                             wr.PanelGrid(runsets=[runset], panels=panels)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m alexnet.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path, help="a multirun dir, or run dirs")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a W&B server instead")
+    parser.add_argument("--group", help="with --wandb: the W&B group of the sweep")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: the first PATH)")
+    args = parser.parse_args(argv)
+    try:
+        if args.wandb:
+            if not args.group or args.wandb.count("/") != 1:
+                raise ReportError("--wandb needs ENTITY/PROJECT and --group GROUP, e.g. "
+                                  "--wandb me/alexnet --group multirun/2026-11-25/12-00-00")
+            runs = load_wandb_runs(args.wandb, args.group)
+            where = f"{args.wandb} group {args.group}"
+            out = args.out or Path("reports") / args.group.replace("/", "_").replace(":", "_")
+        else:
+            if not args.paths:
+                raise ReportError("give a multirun dir or run dirs (PATH...), or --wandb ENTITY/PROJECT --group G")
+            missing = [p for p in args.paths if not p.exists()]
+            if missing:
+                raise ReportError(f"{', '.join(map(str, missing))} does not exist. Fix: pass a multirun dir "
+                                  f"(multirun/<date>/<time>) or run dirs (outputs/<date>/<time>).")
+            runs = load_local_runs(args.paths)
+            where = ", ".join(map(str, args.paths))
+            out = args.out or args.paths[0]
+        if not runs:
+            raise ReportError(f"no runs found in {where}. Fix: pass a multirun dir (multirun/<date>/<time>) or run "
+                              f"dirs; a run dir holds .hydra/config.yaml and metrics.jsonl.")
+        result = write_report(runs, out, f"Comparison of {where}")
+        for note in result["notes"]:
+            print(f"note: {note}", file=sys.stderr)
+        header, body = table(result["rows"], result["keys"])
+        print(" | ".join(header))
+        print("\n".join(" | ".join(cells) for cells in body))
+        print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(result['plots'])} plots)")
+        if args.wandb:
+            entity, project = args.wandb.split("/")
+            report = build_wandb_report(entity, project, args.group, result["keys"])
+            report.save()
+            print(f"W&B report: {report.url}")
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

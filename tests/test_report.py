@@ -1,0 +1,196 @@
+"""A real sweep on synthetic data, then what researchers do with it: compare (report) and re-score (evaluate)."""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from alexnet.report import build_wandb_report
+from conftest import TINY, run_cli
+from wandb_records import offline_runs, read_run
+
+SWEEP = [*TINY, "trainer.epochs=2", "trainer.limit_batches=12", "data.train_size=1500", "data.val_size=300",
+         "data.test_size=300", "wandb.log_model=true", "wandb.sample_predictions=24", "model.dropout=0.0,0.5",
+         "seed=0,1"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A real 4-job multirun: two dropout values x two seeds."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    result = run_cli("run", ["-m", *SWEEP], cwd, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = cwd.glob("multirun/*/*")
+    assert len(list(sweep_dir.glob("*/metrics.jsonl"))) == 4
+    return sweep_dir
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted(d for d in sweep.iterdir() if (d / ".hydra").is_dir())
+
+
+def summary_of(run_dir: Path) -> dict:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(line["_summary"] for line in lines if "_summary" in line)
+
+
+def config_of(run_dir: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+
+
+def report_table(report_md: Path) -> tuple[list[str], list[list[str]]]:
+    lines = [line for line in report_md.read_text().splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return split[0], split[2:]
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    result = run_cli("report", [str(sweep), "--out", str(out)], out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_report_has_one_row_per_configuration_with_mean_and_std(sweep, report):
+    out, result = report
+    header, rows = report_table(out / "report.md")
+    assert header[:3] == ["model.dropout", "seeds", "val/acc (best)"]  # seed is averaged over, not a column
+    assert len(rows) == 2 and sorted(r[0] for r in rows) == ["0.0", "0.5"]
+    for row in rows:
+        runs = [d for d in jobs(sweep) if config_of(d)["model"]["dropout"] == float(row[0])]
+        assert len(runs) == 2 and row[1] == "2"
+        for column, key in ((2, "val/best_acc"), (3, "test/acc")):
+            values = [summary_of(d)[key] for d in runs]
+            assert row[column] == f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+        assert row[4] == "2" and row[7] == f"{summary_of(runs[0])['params']:,}"
+    means = [float(r[3].split(" ")[0]) for r in rows]
+    assert means == sorted(means, reverse=True)  # sorted by test accuracy
+    assert "model.dropout" in result.stdout  # the table is printed too
+
+
+def test_report_html_is_self_contained_with_the_plots(report):
+    out, _ = report
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2  # val/acc per epoch; test/acc against model.dropout
+    assert "<table>" in page and "http" not in page.split("<body>")[1]
+    for name in ("val_acc_vs_epoch.png", "test_acc_vs_model_dropout.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in (out / "report.md").read_text()
+
+
+def test_wandb_runs_hold_names_groups_tables_and_artifacts(sweep):
+    runs = [read_run(p) for d in jobs(sweep) for p in offline_runs(d)]
+    assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
+    assert {r.group for r in runs} == {f"multirun/{sweep.parent.name}/{sweep.name}"}
+    assert {r.job_type for r in runs} == {"train"} and all(r.exit_code == 0 for r in runs)
+    assert {r.name.split(",")[-2:][0] + "," + r.name.split(",")[-1] for r in runs} == {
+        f"model.dropout={d},seed={s}" for d in ("0.0", "0.5") for s in (0, 1)}
+    for run in runs:
+        logged = {k: v for row in run.history for k, v in row.items()}
+        assert logged["test/predictions"]["_type"] == "table-file" and logged["test/predictions"]["nrows"] == 24
+        # W&B stores a chart's data as a table under "<key>_table".
+        assert logged["test/per_class_acc_table"]["_type"] == "table-file"
+        assert logged["test/per_class_acc_table"]["nrows"] == 10  # one bar per class
+        assert logged["test/confusion_matrix_table"]["nrows"] == 100  # (true, predicted) pairs of 10 classes
+        (artifact,) = [a for a in run.artifacts if a["type"] == "model"]
+        assert artifact["name"] == f"model-{run.run_id}" and "best" in artifact["aliases"]
+        assert artifact["metadata"]["test/acc"] == pytest.approx(run.summary["test/acc"])
+        assert artifact["metadata"]["config"]["model"]["dropout"] == run.config["model"]["dropout"]
+        assert run.metrics["val/acc"] == {"step_metric": "epoch", "summary": ["max"]}
+        assert run.metrics["val/*"]["step_metric"] == "epoch"
+        best = max(h["val/acc"] for h in run.history if "val/acc" in h)
+        assert run.summary["val/acc"] == {"max": pytest.approx(best)}  # the best, not the last
+        assert run.summary["val/best_acc"] == pytest.approx(best)
+
+
+def test_report_lists_unfinished_runs_and_reports_the_rest(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    broken = jobs(copy)[0]
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "metrics.jsonl").write_text("\n".join(lines[:-2]) + "\n")  # killed before its summary
+    result = run_cli("report", [str(copy)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{broken} (unfinished)" in result.stderr
+    header, rows = report_table(copy / "report.md")
+    assert sorted(r[1] for r in rows) == ["1", "2"]  # one configuration lost a seed
+    assert "(unfinished)" in (copy / "report.html").read_text()
+
+
+def test_report_says_when_nothing_varies(sweep, tmp_path):
+    same = [d for d in jobs(sweep) if config_of(d)["model"]["dropout"] == 0.5]
+    result = run_cli("report", [*map(str, same), "--out", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Nothing varies between these runs but the seed" in result.stderr
+    _, rows = report_table(tmp_path / "out" / "report.md")
+    assert len(rows) == 1 and rows[0][0] == "2"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["empty"], "no runs found in empty"),
+    (["nowhere"], "nowhere does not exist"),
+    ([], "give a multirun dir or run dirs"),
+    (["--wandb", "me/alexnet"], "--wandb needs ENTITY/PROJECT and --group GROUP"),
+])
+def test_report_errors(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("report", args, tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_wandb_report_object_has_the_comparison_panels():
+    from wandb_workspaces.expr import expr_to_filters
+
+    report = build_wandb_report("me", "alexnet", "multirun/2026-11-25/12-00-00", ["model.dropout", "model.lrn"])
+    assert (report.entity, report.project) == ("me", "alexnet")
+    assert [type(b).__name__ for b in report.blocks] == ["H1", "P", "PanelGrid"]
+    grid = report.blocks[2]
+    (runset,) = grid.runsets
+    parsed = expr_to_filters(runset.filters)
+    assert parsed.op == "AND" and {(f.key.name, f.value) for f in parsed.filters} == {
+        ("group", "multirun/2026-11-25/12-00-00"), ("jobType", "train")}
+    line, bar, parallel = grid.panels
+    assert (line.x, line.y) == ("epoch", ["val/acc"]) and bar.metrics == ["test/acc"]
+    assert [c.metric.name for c in parallel.columns] == ["model.dropout", "model.lrn", "test/acc"]
+
+
+def test_evaluate_rescores_a_checkpoint_as_an_eval_run(sweep, tmp_path):
+    job = jobs(sweep)[0]
+    result = run_cli("evaluate", [f"ckpt={job / 'checkpoints' / 'best.pt'}", "trainer.device=cpu",
+                                  "wandb.mode=offline"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"test accuracy {summary_of(job)['test/acc']:.4f} (300 images)" in result.stdout
+    assert "per-class accuracy" in result.stdout and "confusion matrix" in result.stdout
+    (eval_dir,) = tmp_path.glob("outputs/eval/*/*")
+    (path,) = offline_runs(eval_dir)
+    run = read_run(path)
+    train_run = read_run(offline_runs(job)[0])
+    assert run.job_type == "eval" and run.group == train_run.group and run.name == f"eval:{train_run.name}"
+    assert run.summary["test/acc"] == pytest.approx(summary_of(job)["test/acc"])
+    results = json.loads((eval_dir / "test_results.json").read_text())
+    assert sum(map(sum, results["confusion_matrix"])) == 300
+
+
+def test_evaluate_with_changed_data(sweep, tmp_path):
+    job = jobs(sweep)[0]
+    result = run_cli("evaluate", [f"ckpt={job / 'checkpoints' / 'best.pt'}", "data.test_size=100",
+                                  "model.dropout=0.9", "wandb.mode=disabled"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(100 images)" in result.stdout  # the checkpoint's data, with the override on top
+    assert "model overrides are ignored" in result.stdout
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_bytes(b"not a checkpoint"), "is not a checkpoint written by alexnet.run"),
+])
+def test_evaluate_errors(tmp_path, make, message):
+    make(tmp_path / "bad.pt")
+    result = run_cli("evaluate", [f"ckpt={tmp_path / 'bad.pt'}", "wandb.mode=disabled"], tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
