@@ -110,12 +110,12 @@ def print_results(result: dict, classes: list[str], confusion) -> None:
     per_class.add_column("images", justify="right")
     for name, acc, count in zip(classes, per_class_accuracy(confusion), confusion.sum(1).tolist()):
         per_class.add_row(name, f"{acc:.4f}", str(count))
-    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
-    matrix.add_column("")
-    for name in classes:
-        matrix.add_column(name[:5], justify="right")
-    for name, row in zip(classes, confusion.tolist()):
-        matrix.add_row(name, *map(str, row))
+    matrix = Table(title="confusion matrix (rows: true class, columns: predicted class, by index)")
+    matrix.add_column("true class")
+    for i in range(len(classes)):
+        matrix.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(classes, confusion.tolist())):
+        matrix.add_row(f"{i} {name}", *map(str, row))
     console = Console(width=max(100, 12 + 7 * len(classes)))
     console.print(per_class)
     console.print(matrix)

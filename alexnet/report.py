@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IGNORED = ("seed", "wandb.")  # seeds are what rows average over; W&B settings change nothing trained
+# The key naming each group's option: fields that come with an option vary with it but are not factors.
+OPTION_KEYS = {"model": "model.arch", "data": "data.name", "optimizer": "optimizer.name",
+               "scheduler": "scheduler.name"}
 
 
 class ReportError(Exception):
@@ -103,8 +106,22 @@ def load_wandb_runs(path: str, group: str) -> list[RunRecord]:
 # ------------------------------------------------------------------------------------------- comparison
 
 def varied_keys(runs: list[RunRecord]) -> list[str]:
+    """Config keys whose values differ between runs, less those fixed by a varied group option.
+
+    Sweeping `optimizer=sgd,adam` varies momentum, betas, eps, ... too; only `optimizer.name` is the factor,
+    unless a field also varies among runs of the same option (a swept `optimizer.lr`, say).
+    """
     keys = sorted({k for r in runs for k in r.config})
-    return [k for k in keys if not k.startswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
+    varied = [k for k in keys if not k.startswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
+    for group, option in OPTION_KEYS.items():
+        if option not in varied:
+            continue
+        for key in [k for k in varied if k.startswith(f"{group}.") and k != option]:
+            value_per_option: dict = {}
+            if all(value_per_option.setdefault(repr(r.config.get(option)), repr(r.config.get(key))) ==
+                   repr(r.config.get(key)) for r in runs):
+                varied.remove(key)
+    return varied
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -169,6 +186,7 @@ def _label(row: Row, keys: list[str]) -> str:
 
 def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -181,6 +199,7 @@ def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
             ax.plot(epochs, [e["val/acc"] for e in run.epochs], color=colours(i % 10), marker="o", markersize=3,
                     alpha=0.85, label=_label(row, keys) if j == 0 else None)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per run")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -207,9 +226,12 @@ def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for x, value in zip(xs, values):
         ax.scatter([x] * len(points[value]), points[value], color="tab:blue", alpha=0.6, s=20)
-    ax.plot(xs, [statistics.fmean(points[v]) for v in values], color="tab:red", marker="D", label="mean")
+    # A line joins means of numeric values only: between categories it would suggest a trend.
+    ax.plot(xs, [statistics.fmean(points[v]) for v in values], color="tab:red", marker="D", label="mean",
+            linestyle="-" if numeric else "none")
     if not numeric:
         ax.set_xticks(xs, [str(v) for v in values])
+        ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

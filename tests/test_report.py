@@ -194,3 +194,18 @@ def test_evaluate_errors(tmp_path, make, message):
     make(tmp_path / "bad.pt")
     result = run_cli("evaluate", [f"ckpt={tmp_path / 'bad.pt'}", "wandb.mode=disabled"], tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fields_that_come_with_a_group_option_are_not_factors():
+    from alexnet.report import RunRecord, varied_keys
+
+    def run(name, lr, momentum, dropout):
+        return RunRecord("r", {"optimizer.name": name, "optimizer.lr": lr, "optimizer.momentum": momentum,
+                               "model.dropout": dropout, "seed": 0, "wandb.project": "p"}, "finished")
+
+    # optimizer=sgd,adam with model.dropout swept: momentum and lr come with the option
+    runs = [run("sgd", 0.01, 0.9, d) for d in (0.0, 0.5)] + [run("adam", 0.001, None, d) for d in (0.0, 0.5)]
+    assert varied_keys(runs) == ["model.dropout", "optimizer.name"]
+    # ... but a field swept within one option is a factor of its own
+    runs.append(run("sgd", 0.1, 0.9, 0.0))
+    assert varied_keys(runs) == ["model.dropout", "optimizer.lr", "optimizer.name"]
