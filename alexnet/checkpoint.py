@@ -1,23 +1,137 @@
-"""Checkpoints: written atomically, loadable with `torch.load(weights_only=True)`."""
+"""Checkpoints that cannot be half-written or silently corrupt, loadable with `torch.load(weights_only=True)`.
+
+`save_checkpoint` writes to a temporary file, fsyncs, keeps the previous checkpoint as `<name>.prev.pt`, then
+renames the new one into place: at every instant one complete checkpoint exists. Each file carries a SHA-256
+digest of its content; `load_checkpoint` checks it, because torch.load notices a truncated file but not a
+flipped byte in the middle. `load_latest` falls back to the previous checkpoint when the last one is damaged.
+"""
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from alexnet.config import UserError
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename over `path`: a crash mid-write never leaves half a checkpoint."""
+log = logging.getLogger(__name__)
+DIGEST_KEY = "sha256"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be written or read."""
+
+
+def _digest(state) -> str:
+    """SHA-256 over the content in a fixed order: tensors by dtype, shape and bytes, other values by repr."""
+    h = hashlib.sha256()
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for k in sorted(value, key=str):
+                h.update(repr(k).encode())
+                visit(value[k])
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for v in value:
+                visit(v)
+            h.update(b"]")
+        else:
+            h.update(repr(value).encode())
+
+    visit({k: v for k, v in state.items() if k != DIGEST_KEY})
+    return h.hexdigest()
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: Path, state: dict, keep_previous: bool = True) -> None:
+    """Write `state` to `path` atomically; the old file becomes `<name>.prev.pt` when `keep_previous`.
+
+    A failed write (disk full, read-only) leaves the existing checkpoints as they were and raises
+    CheckpointError.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({**state, DIGEST_KEY: _digest(state)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = [str(p) for p in (path, previous_path(path)) if p.exists()]
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}. "
+            f"{'The previous checkpoint ' + ' and '.join(kept) + ' is intact' if kept else 'No checkpoint is lost'}"
+            f"; free space (or fix the permissions) and run the same command again to resume.") from e
 
 
-def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
-    """`mmap=True` reads tensors lazily: cheap when only the config is needed."""
-    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False, verify: bool = True) -> dict:
+    """Load and verify one checkpoint; raises CheckpointError if it is unreadable or its digest is wrong."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if verify and DIGEST_KEY in state and _digest(state) != state[DIGEST_KEY]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its SHA-256 digest")
+    return state
+
+
+def load_latest(path: Path, map_location="cpu") -> tuple[dict, Path] | None:
+    """The newest intact checkpoint of `path` and its `.prev` twin, warning when it has to fall back."""
+    previous = previous_path(path)
+    if not path.exists() and not previous.exists():
+        return None
+    problem = "is missing" if not path.exists() else None
+    if path.exists():
+        try:
+            return load_checkpoint(path, map_location), path
+        except CheckpointError as e:
+            problem = str(e)
+    if not previous.exists():
+        raise CheckpointError(f"{problem}, and there is no previous checkpoint {previous} to fall back to. "
+                              f"Fix: pass trainer.resume=never to start over, or trainer.resume=PATH.")
+    try:
+        state = load_checkpoint(previous, map_location)
+    except CheckpointError as e:
+        raise CheckpointError(f"{problem}; the previous checkpoint is damaged too: {e}. "
+                              f"Fix: pass trainer.resume=never to start over, or trainer.resume=PATH.") from e
+    log.warning("%s %s; resuming from the previous checkpoint %s instead", path,
+                problem if problem == "is missing" else f"cannot be used ({problem})", previous)
+    return state, previous
+
+
+def check_writable(directory: Path, need_bytes: int) -> None:
+    """Stop before training when `directory` cannot take a checkpoint (not writable, or too little space)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"the run dir {directory} is not writable ({e.strerror or e}). Fix: run from a "
+                              f"writable directory, or set hydra.run.dir=PATH (hydra.sweep.dir for -m).") from e
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+        raise CheckpointError(
+            f"{directory} has {free / 2**20:.0f} MiB free but checkpoints need about {need_bytes / 2**20:.0f} MiB "
+            f"(last, previous and best). Fix: free space, or set hydra.run.dir to a disk with room.")
+

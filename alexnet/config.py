@@ -53,6 +53,11 @@ class Precision(Enum):
     fp16 = "fp16"
 
 
+class OnNonFinite(Enum):
+    stop = "stop"  # stop the run, keeping the last good checkpoint
+    skip = "skip"  # skip the batch (costs one host sync per step) and count it
+
+
 class WandbMode(Enum):
     auto = "auto"
     online = "online"
@@ -225,9 +230,20 @@ class TrainerConfig:
     limit_batches: Optional[int] = None  # cap on batches per split and epoch, for quick checks
     log_every_n_steps: int = 10
     save_checkpoints: bool = True  # checkpoints/last.pt every epoch, checkpoints/best.pt by val/acc
+    checkpoint_every_n_steps: Optional[int] = 500  # also mid-epoch, so a kill loses at most this many steps
+    resume: str = "auto"  # auto: continue this run's last checkpoint | never | PATH to a checkpoint
+    deterministic: bool = False  # deterministic kernels: an interrupted and resumed run matches bit for bit
+    on_nonfinite: OnNonFinite = OnNonFinite.stop  # a NaN or infinite loss: stop, or skip the batch
+    grad_clip_norm: Optional[float] = None  # clip the gradients' global L2 norm to this
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
+        _check(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
+               "trainer.checkpoint_every_n_steps", self.checkpoint_every_n_steps, "null or an integer >= 1")
+        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "trainer.grad_clip_norm",
+               self.grad_clip_norm, "null or a positive norm")
+        _check(self.resume in ("auto", "never") or Path(self.resume).is_file(), "trainer.resume", self.resume,
+               "auto, never, or the path of an existing checkpoint file")
         _check(self.limit_batches is None or self.limit_batches >= 1, "trainer.limit_batches",
                self.limit_batches, "null or an integer >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps,
@@ -262,6 +278,7 @@ class Config:
     trainer: Any = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
+    fail_fast: bool = False  # in a multirun, stop at the first failed job instead of running the rest
 
 
 @dataclass
@@ -279,7 +296,11 @@ GROUP_SCHEMAS = {
 
 
 def register_configs() -> None:
-    """Store the schemas where conf/ YAML files find them: `/schema/<group>@_here_: <name>`."""
+    """Store the schemas where conf/ YAML files find them (`/schema/<group>@_here_: <name>`), and the resolver
+    that lets a repeated command continue its interrupted run dir."""
+    from alexnet.resume import interrupted_run_dir
+
+    OmegaConf.register_new_resolver("alexnet_run_dir", interrupted_run_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

@@ -218,7 +218,8 @@ class Loader:
     """Iterates over one in-memory split in batches, ready for the model.
 
     Each epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch's batches
-    depend only on the seed and the epoch number.
+    depend only on the seed and the epoch number; `generator_state()` after any batch, given back to
+    `batches()`, continues the epoch exactly where it stopped.
     """
 
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
@@ -227,16 +228,13 @@ class Loader:
         self.split = split.to(device)
         self.batch_size, self.input_size, self.device = batch_size, input_size, device
         self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
-        self.seed, self.max_batches, self.epoch = seed, max_batches, 0
+        self.seed, self.max_batches, self.generator = seed, max_batches, None
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
         n = math.ceil(len(self.split) / self.batch_size)
         return min(n, self.max_batches) if self.max_batches else n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """uint8 batch -> normalized float batch at input_size; augmented when a generator is given."""
@@ -250,12 +248,22 @@ class Loader:
                               antialias=self.input_size < x.shape[-1])
         return (x - self.mean) / self.std
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = None
+    def batches(self, epoch: int = 0, start: int = 0, generator_state: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch` from batch `start` on; pass the state saved at `start` to continue exactly."""
+        self.generator = None
         order = torch.arange(len(self.split), device=self.device)
         if self.train:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(len(self.split), generator=generator, device=self.device)
-        for i in range(len(self)):
+            self.generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.split), generator=self.generator, device=self.device)
+            if generator_state is not None:
+                self.generator.set_state(generator_state)
+        for i in range(start, len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.transform(self.split.images[index], generator), self.split.labels[index]
+            yield self.transform(self.split.images[index], self.generator), self.split.labels[index]
+
+    def generator_state(self) -> torch.Tensor | None:
+        return self.generator.get_state() if self.generator is not None else None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()

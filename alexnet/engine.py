@@ -5,12 +5,14 @@ import contextlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from alexnet.config import UserError
 from alexnet.data import Loader
 
 log_line = logging.getLogger("alexnet").info
@@ -22,55 +24,126 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device: torch.device, precision: str,
-                    epoch: int, step: int, log_every: int, log: Callable[[dict, int], None]) -> tuple[dict, int]:
-    """One pass over `loader`; returns the epoch's stats and the global step after it.
+class NonFiniteLoss(UserError):
+    """A NaN or infinite training loss with trainer.on_nonfinite=stop."""
 
-    Loss and accuracy are summed on the device and read back only every `log_every` steps, so the step never
-    waits on the host otherwise.
+
+@dataclass
+class EpochProgress:
+    """What the current epoch has done so far: checkpointed mid-epoch, so a resumed epoch ends the same."""
+
+    batch: int = 0  # batches done
+    seen: int = 0  # images trained on
+    loss_sum: torch.Tensor | None = None  # sum of per-image losses, on the device
+    correct: torch.Tensor | None = None
+    window_loss: torch.Tensor | None = None  # sum of step losses since the last log line
+    window_steps: int = 0
+    skipped: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip)
+    elapsed: float = 0.0  # seconds of training
+
+    def on(self, device: torch.device) -> "EpochProgress":
+        for name, dtype in (("loss_sum", torch.float32), ("correct", torch.int64), ("window_loss", torch.float32)):
+            value = getattr(self, name)
+            setattr(self, name, torch.zeros((), dtype=dtype, device=device) if value is None else value.to(device))
+        return self
+
+    def state_dict(self) -> dict:
+        return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+
+
+def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device: torch.device, trainer, epoch: int,
+                    step: int, progress: EpochProgress, log: Callable[[dict, int], None],
+                    generator_state: torch.Tensor | None = None,
+                    checkpoint: Callable[[int, EpochProgress], None] | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> tuple[dict | None, int]:
+    """Train on `loader` from `progress.batch` on; returns (the epoch's stats, or None if stopped early, step).
+
+    `trainer` is the trainer config node. Loss and accuracy are summed on the device and read back only every
+    `log_every_n_steps` steps and before each checkpoint, where non-finite losses are caught too; the step
+    never waits on the host otherwise (except with on_nonfinite=skip, which must look at every loss).
     """
     model.train()
-    loader.set_epoch(epoch)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen, window_loss, window_steps = 0, torch.zeros((), device=device), 0
+    progress.on(device)
+    precision, skip_nonfinite = trainer.precision.value, trainer.on_nonfinite.value == "skip"
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # step of the first non-finite loss
+    bad_loss = torch.zeros((), device=device)
+    lrs: dict[int, float] = {}  # lr of each step since the last check, for the message
+
+    def check_finite() -> None:
+        if first_bad.item() >= 0:
+            bad = int(first_bad.item())
+            raise NonFiniteLoss(
+                f"non-finite training loss ({bad_loss.item()}) at step {bad} (epoch {epoch + 1}), learning rate "
+                f"{lrs.get(bad, float('nan')):.4g}. The run stops here and keeps its last good checkpoint. Fix: "
+                f"lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
+                f"trainer.on_nonfinite=skip to skip such batches.")
+        lrs.clear()
+
     # A progress bar on a terminal; otherwise (a cluster log, a pipe) a plain line about every tenth of the epoch.
     on_terminal = sys.stderr.isatty()
-    progress = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, disable=not on_terminal)
-    next_line = len(loader) / 10
+    bar = tqdm(total=len(loader), initial=progress.batch, desc=f"epoch {epoch + 1}", leave=False,
+               disable=not on_terminal)
+    next_line = (progress.batch // max(1, len(loader) // 10) + 1) * len(loader) / 10
     start = time.perf_counter()
-    for i, (images, labels) in enumerate(loader):
+    for images, labels in loader.batches(epoch, progress.batch, generator_state):
+        lr = scheduler.get_last_lr()[0]  # the lr this step uses
+        lrs[step + 1] = lr
         with autocast(device, precision):
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]  # the lr this step used
+        finite = torch.isfinite(loss.detach())
+        if skip_nonfinite and not finite.item():
+            progress.skipped += 1
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if trainer.grad_clip_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            first_bad = torch.where(~finite & (first_bad < 0), step + 1, first_bad)
+            bad_loss = torch.where(first_bad == step + 1, loss.detach().float(), bad_loss)
+            progress.loss_sum += loss.detach().float() * len(labels)
+            progress.correct += (logits.argmax(1) == labels).sum()
+            progress.seen += len(labels)
+            progress.window_loss += loss.detach().float()
+            progress.window_steps += 1
         scheduler.step()
-
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-        window_loss += loss.detach()
-        window_steps += 1
         step += 1
-        if step % log_every == 0 or i == len(loader) - 1:
-            window_mean = (window_loss / window_steps).item()
+        progress.batch += 1
+        bar.update()
+        last = progress.batch == len(loader)
+        if step % trainer.log_every_n_steps == 0 or last:
+            check_finite()
+            window_mean = (progress.window_loss / max(1, progress.window_steps)).item()
             log({"train/loss": window_mean, "train/lr": lr, "epoch": epoch + 1}, step)
-            window_loss.zero_()
-            window_steps = 0
-            if not on_terminal and i + 1 >= next_line and i < len(loader) - 1:
-                log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, i + 1, len(loader), window_mean, lr)
+            progress.window_loss.zero_()
+            progress.window_steps = 0
+            if not on_terminal and progress.batch >= next_line and not last:
+                log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, progress.batch, len(loader),
+                         window_mean, lr)
                 next_line += len(loader) / 10
-        progress.update()
+        stop = should_stop() and not last  # on the last batch the caller ends the epoch and checkpoints it
+        if checkpoint is not None and not last and (stop or (
+                trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0)):
+            check_finite()  # never checkpoint a broken model
+            progress.elapsed += time.perf_counter() - start
+            start = time.perf_counter()
+            checkpoint(step, progress)
+        if stop:
+            bar.close()
+            return None, step
+    check_finite()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    progress.close()
-    stats = {"train/loss_epoch": (loss_sum / seen).item(), "train/acc": correct.item() / seen,
-             "train/images_per_sec": seen / elapsed, "train/time": elapsed}
+    progress.elapsed += time.perf_counter() - start
+    bar.close()
+    seen = max(1, progress.seen)
+    stats = {"train/loss_epoch": (progress.loss_sum / seen).item(), "train/acc": progress.correct.item() / seen,
+             "train/images_per_sec": progress.seen / max(progress.elapsed, 1e-9), "train/time": progress.elapsed}
+    if skip_nonfinite:
+        stats["train/skipped_batches"] = progress.skipped
     return stats, step
 
 

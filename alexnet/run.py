@@ -1,28 +1,37 @@
 """`python -m alexnet.run [overrides]`: train one AlexNet variant (or, with -m, one per sweep point).
 
-Per epoch: train, evaluate on validation, log, checkpoint (last.pt, and best.pt by val/acc). At the end the
-best checkpoint is scored on the held-out test split. Everything is logged through `Tracker`.
+Per epoch: train, evaluate on validation, log, checkpoint (last.pt, and best.pt by val/acc); mid-epoch
+checkpoints every `trainer.checkpoint_every_n_steps`. At the end the best checkpoint is scored on the held-out
+test split. A run resumes exactly from its last checkpoint (`trainer.resume`), and a signal makes it
+checkpoint and stop cleanly. Everything is logged through `Tracker`.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet.checkpoint import load_checkpoint, save_checkpoint
-from alexnet.config import Config, ConfigError, exit_on_user_error, to_dict, to_typed
+from alexnet.checkpoint import check_writable, load_checkpoint, load_latest, save_checkpoint
+from alexnet.config import Config, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
 from alexnet.data import Loader, load_dataset
-from alexnet.engine import evaluate, train_one_epoch
+from alexnet.engine import EpochProgress, evaluate, train_one_epoch
 from alexnet.models import count_parameters, model_from_config
 from alexnet.optim import build_optimizer, build_scheduler
+from alexnet.resume import restore_rng_state, rng_state
+from alexnet.signals import StopSignals
 from alexnet.tracking import Tracker
 
 log = logging.getLogger("alexnet")
@@ -37,10 +46,14 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def make_loaders(cfg: Config, data, device: torch.device) -> tuple[Loader, Loader, Loader]:
@@ -60,13 +73,28 @@ def run_name_and_group(cfg: Config) -> tuple[str, str | None]:
     name when run from experiments/), or the experiment's name for a single run of one.
     """
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "wandb."))]
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "wandb.", "trainer.resume="))]
     experiment = hydra_cfg.job.config_name if hydra_cfg.job.config_name != "config" else None
     name = ",".join(overrides) or experiment or "defaults"
     group = cfg.wandb.group
     if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
         group = f"{experiment}:{hydra_cfg.sweep.dir}" if experiment else hydra_cfg.sweep.dir
     return name, group or experiment
+
+
+def checkpoint_bytes(model, optimizer_name: str) -> int:
+    """Room for last, previous and the one being written (weights + optimizer state), and best."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    state_copies = {"sgd": 1, "adam": 2, "adamw": 2}.get(optimizer_name, 2)
+    return 3 * weights * (1 + state_copies) + weights + 2**20
+
+
+def find_checkpoint(resume: str, last: Path) -> tuple[dict, Path] | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return load_latest(last)
+    return load_checkpoint(Path(resume)), Path(resume)
 
 
 def train(dict_cfg: DictConfig) -> float:
@@ -77,7 +105,7 @@ def train(dict_cfg: DictConfig) -> float:
     log.info("config:\n%s", OmegaConf.to_yaml(dict_cfg, resolve=True))
     log.info("run dir: %s | device: %s | precision: %s", run_dir, device, precision)
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
     data = load_dataset(cfg.data)
     train_loader, val_loader, test_loader = make_loaders(cfg, data, device)
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
@@ -88,43 +116,82 @@ def train(dict_cfg: DictConfig) -> float:
     log.info("%s: %s parameters | data: %d train, %d val, %d test images, %d classes", cfg.model.arch,
              f"{num_params:,}", len(data.train), len(data.val), len(data.test), len(data.classes))
 
+    ckpt_dir = run_dir / "checkpoints"
+    if cfg.trainer.save_checkpoints:
+        check_writable(ckpt_dir, checkpoint_bytes(model, cfg.optimizer.name))
+    epoch, step, best_val_acc, progress, generator_state, resumed = 0, 0, -1.0, EpochProgress(), None, {}
+    found = find_checkpoint(cfg.trainer.resume, ckpt_dir / "last.pt")
+    if found:
+        resumed, path = found
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        epoch, step, best_val_acc = resumed["epoch"], resumed["step"], resumed["best_val_acc"]
+        progress = EpochProgress(**resumed["progress"])
+        generator_state = restore_rng_state(resumed["rng"])
+        log.info("resuming from %s: epoch %d, batch %d, step %d", path, epoch + 1, progress.batch, step)
+
     name, group = run_name_and_group(cfg)
     config = to_dict(dict_cfg)
+    run_info = {"name": name, "group": group, "project": cfg.wandb.project, "entity": cfg.wandb.entity,
+                "overrides": list(HydraConfig.get().overrides.task)}
     tracker = Tracker(run_dir, config, cfg.wandb.mode.value, cfg.wandb.project, cfg.wandb.entity, group,
-                      cfg.wandb.tags, name, init_timeout=cfg.wandb.init_timeout)
+                      cfg.wandb.tags, name, init_timeout=cfg.wandb.init_timeout,
+                      resume_id=resumed.get("run", {}).get("wandb_run_id"), keep_lines=resumed.get("metrics_lines"))
+    run_info["wandb_run_id"] = tracker.run_id
     if cfg.wandb.watch:
         tracker.watch(model, cfg.wandb.watch_log_freq)
-    run_info = {"name": name, "group": group, "wandb_run_id": tracker.run_id, "project": cfg.wandb.project,
-                "entity": cfg.wandb.entity, "overrides": list(HydraConfig.get().overrides.task)}
-    ckpt_dir = run_dir / "checkpoints"
-    best_val_acc, best_state, step, exit_code = -1.0, None, 0, 1
+
+    def save_last(step: int, progress: EpochProgress) -> None:
+        """Everything needed to continue as if nothing happened."""
+        save_checkpoint(ckpt_dir / "last.pt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress.state_dict(),
+            "best_val_acc": best_val_acc, "rng": rng_state(train_loader.generator_state()),
+            "metrics_lines": tracker.lines, "config": config, "classes": data.classes, "run": run_info})
+
+    best_state, exit_code, signals = None, 1, StopSignals()
     try:
-        for epoch in range(cfg.trainer.epochs):
-            epoch_start = time.perf_counter()
-            train_stats, step = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, precision,
-                                                epoch, step, cfg.trainer.log_every_n_steps, tracker.log)
-            val = evaluate(model, val_loader, device, precision)
-            improved = val["acc"] > best_val_acc
-            best_val_acc = max(best_val_acc, val["acc"])
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                     "val_acc": val["acc"], "config": config, "classes": data.classes, "run": run_info}
-            if cfg.trainer.save_checkpoints:
-                save_checkpoint(ckpt_dir / "last.pt", state)
-                if improved:
-                    save_checkpoint(ckpt_dir / "best.pt", state)
-            elif improved:  # no files: keep the best weights in memory for the final test
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            epoch_time = time.perf_counter() - epoch_start
-            tracker.log({**train_stats, "val/loss": val["loss"], "val/acc": val["acc"], "val/best_acc": best_val_acc,
-                         "epoch": epoch + 1, "epoch_time": epoch_time}, step)
-            log.info("epoch %d/%d | train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s | %.1fs",
-                     epoch + 1, cfg.trainer.epochs, train_stats["train/loss_epoch"], train_stats["train/acc"],
-                     val["loss"], val["acc"], train_stats["train/images_per_sec"], epoch_time)
+        with signals:
+            while epoch < cfg.trainer.epochs and not signals.requested():
+                epoch_start = time.perf_counter()
+                train_stats, step = train_one_epoch(
+                    model, train_loader, optimizer, scheduler, scaler, device, cfg.trainer, epoch, step, progress,
+                    tracker.log, generator_state, save_last if cfg.trainer.save_checkpoints else None,
+                    signals.requested)
+                generator_state = None
+                if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
+                    break
+                val = evaluate(model, val_loader, device, precision)
+                improved = val["acc"] > best_val_acc
+                best_val_acc = max(best_val_acc, val["acc"])
+                epoch, progress = epoch + 1, EpochProgress()
+                tracker.log({**train_stats, "val/loss": val["loss"], "val/acc": val["acc"],
+                             "val/best_acc": best_val_acc, "epoch": epoch,
+                             "epoch_time": time.perf_counter() - epoch_start}, step)
+                log.info("epoch %d/%d | train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s | %.1fs",
+                         epoch, cfg.trainer.epochs, train_stats["train/loss_epoch"], train_stats["train/acc"],
+                         val["loss"], val["acc"], train_stats["train/images_per_sec"],
+                         time.perf_counter() - epoch_start)
+                if cfg.trainer.save_checkpoints:
+                    save_last(step, progress)
+                    if improved:
+                        save_checkpoint(ckpt_dir / "best.pt", {
+                            "model": model.state_dict(), "epoch": epoch, "step": step, "val_acc": val["acc"],
+                            "config": config, "classes": data.classes, "run": run_info}, keep_previous=False)
+                elif improved:  # no files: keep the best weights in memory for the final test
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if signals.requested():
+            exit_code = signals.exit_code
+            log.warning("stopped at epoch %d, step %d by a signal; %s", epoch + 1, step,
+                        f"the checkpoint is {ckpt_dir / 'last.pt'}: run the same command again to resume"
+                        if cfg.trainer.save_checkpoints else "checkpoints are off (trainer.save_checkpoints=false)")
+            raise SystemExit(exit_code)
 
         if cfg.trainer.save_checkpoints:
             best_state = load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"]
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state or model.state_dict())
         test = evaluate(model, test_loader, device, precision)
         log.info("test (best checkpoint, val acc %.4f): loss %.4f acc %.4f", best_val_acc, test["loss"], test["acc"])
         tracker.log_test_results(test, data.classes, data.test.images, step, cfg.wandb.sample_predictions)
@@ -141,10 +208,43 @@ def train(dict_cfg: DictConfig) -> float:
     return best_val_acc
 
 
+def record_failure(dict_cfg: DictConfig, error: BaseException) -> str:
+    """Write the failed job's overrides and error to its run dir, for the sweep's summary."""
+    hydra_cfg = HydraConfig.get()
+    message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    record = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task), "error": message,
+              "traceback": None if isinstance(error, UserError) else traceback.format_exc()}
+    Path(hydra_cfg.runtime.output_dir, "failure.json").write_text(json.dumps(record, indent=1))
+    return message
+
+
+class SweepFailures(Callback):
+    """At the end of a multirun: list the jobs that failed and exit non-zero (Hydra's default shows one)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        failures = [json.loads(p.read_text()) for p in Path(config.hydra.sweep.dir).glob("*/failure.json")]
+        if failures:
+            print(f"{len(failures)} job(s) of this sweep failed (the others finished):", file=sys.stderr)
+            for f in sorted(failures, key=lambda f: f["job"]):
+                print(f"  job {f['job']} ({' '.join(f['overrides'])}): {f['error']}", file=sys.stderr)
+            sys.exit(1)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(dict_cfg: DictConfig) -> float:
-    with exit_on_user_error():
+def main(dict_cfg: DictConfig) -> float | None:
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        with exit_on_user_error():
+            return train(dict_cfg)
+    # In a sweep a failed job is recorded and the others go on, unless fail_fast is set.
+    try:
         return train(dict_cfg)
+    except Exception as e:
+        message = record_failure(dict_cfg, e)
+        log.error("job failed: %s", message)
+        if dict_cfg.get("fail_fast"):
+            print(f"error: {message}\nstopping the sweep at its first failure (fail_fast=true)", file=sys.stderr)
+            sys.exit(2)
+        return None
 
 
 if __name__ == "__main__":

@@ -54,9 +54,18 @@ def _jsonable(value):
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, mode: str, project: str, entity: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, name: str | None = None,
-                 job_type: str = "train", init_timeout: float = 60.0):
+                 job_type: str = "train", init_timeout: float = 60.0, resume_id: str | None = None,
+                 keep_lines: int | None = None):
+        """`resume_id` continues that W&B run; `keep_lines` first cuts metrics.jsonl back to its first lines
+        (those written before the checkpoint a run resumes from), so no step appears twice."""
         self.run_dir = Path(run_dir)
-        self.metrics = open(self.run_dir / "metrics.jsonl", "a")
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        if keep_lines is not None and len(lines) > keep_lines:
+            lines = lines[:keep_lines]
+            path.write_text("".join(lines))
+        self.lines = len(lines)  # lines in metrics.jsonl: a checkpoint records it
+        self.metrics = open(path, "a")
         self.start = time.time()
         self.run = None
         self.mode = resolve_mode(mode)
@@ -64,6 +73,8 @@ class Tracker:
             return
         init = dict(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
                     job_type=job_type, config=config, dir=str(self.run_dir))
+        if resume_id:
+            init.update(id=resume_id, resume="allow")
         self.run, error = self._start(self.mode, init, init_timeout)
         if self.run is None and self.mode == "online":  # keep it as an offline run that can be synced later
             self.mode = "offline"
@@ -115,6 +126,7 @@ class Tracker:
     def _write(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
+        self.lines += 1
 
     def log(self, metrics: dict, step: int) -> None:
         metrics = {k: _jsonable(v) for k, v in metrics.items()}

@@ -77,8 +77,19 @@ def test_same_seed_same_batches_other_seed_or_epoch_differs():
     (xa, ya), (xb, yb), (xc, yc) = next(iter(a)), next(iter(b)), next(iter(c))
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(ya, yc)
-    a.set_epoch(1)
-    assert not torch.equal(next(iter(a))[1], ya)
+    assert not torch.equal(next(iter(a.batches(epoch=1)))[1], ya)
+
+
+def test_an_epoch_continues_exactly_from_a_saved_generator_state():
+    ds = load_dataset(synthetic_cfg())
+    full = [x for x, _ in loader(ds.train, seed=5).batches(epoch=2)]
+    first = loader(ds.train, seed=5)
+    batches = first.batches(epoch=2)
+    for _ in range(3):
+        next(batches)
+    state = first.generator_state()
+    rest = [x for x, _ in loader(ds.train, seed=5).batches(epoch=2, start=3, generator_state=state)]
+    assert len(rest) == len(full) - 3 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
 
 
 def test_eval_loader_is_ordered_and_complete():

@@ -1,4 +1,4 @@
-"""The training step under each precision, evaluation, and limit_batches."""
+"""The training step under each precision, evaluation, limit_batches, non-finite losses and clipping."""
 from __future__ import annotations
 
 import math
@@ -6,53 +6,94 @@ import math
 import pytest
 import torch
 
+from alexnet.config import compose, to_typed
 from alexnet.data import Loader, synthetic_images
-from alexnet.engine import evaluate, train_one_epoch
+from alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
 from alexnet.models import build_model
 
+CPU = torch.device("cpu")
 
-def setup(precision: str, max_batches=None):
+
+def trainer(*overrides):
+    return to_typed(compose([f"trainer.{o}" for o in overrides])).trainer
+
+
+def setup(max_batches=None, lr=2e-3, precision="fp32"):
     torch.manual_seed(0)
     split = synthetic_images(256, 0.3, torch.Generator().manual_seed(0))
-    loader = Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), train=True, random_crop=True,
-                    hflip=True, max_batches=max_batches)
+    loader = Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, CPU, train=True, random_crop=True, hflip=True,
+                    max_batches=max_batches)
     model = build_model("alexnet_cifar", width=0.125, dropout=0.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
     return loader, model, optimizer, scheduler, scaler
 
 
+def epoch(loader, model, optimizer, scheduler, scaler, cfg, log=lambda m, s: None, step=0, index=0, **kw):
+    return train_one_epoch(model, loader, optimizer, scheduler, scaler, CPU, cfg, index, step, EpochProgress(), log,
+                           **kw)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_each_precision_trains(precision):
-    loader, model, optimizer, scheduler, scaler = setup(precision)
+    parts = setup(precision=precision)
     logged = []
-    before = [p.detach().clone() for p in model.parameters()]
-    stats, step = train_one_epoch(model, loader, optimizer, scheduler, scaler, torch.device("cpu"), precision,
-                                  epoch=0, step=0, log_every=3, log=lambda m, s: logged.append((s, m)))
-    assert step == len(loader) == 8
+    before = [p.detach().clone() for p in parts[1].parameters()]
+    stats, step = epoch(*parts, trainer("log_every_n_steps=3", f"precision={precision}"),
+                        log=lambda m, s: logged.append((s, m)))
+    assert step == len(parts[0]) == 8
     assert [s for s, _ in logged] == [3, 6, 8]  # every 3 steps, and the epoch's last
     assert all(math.isfinite(m["train/loss"]) and m["train/lr"] == 2e-3 for _, m in logged)
     assert 0 <= stats["train/acc"] <= 1 and stats["train/images_per_sec"] > 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    result = evaluate(model, Loader(loader.split, 64, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu")),
-                      torch.device("cpu"), precision)
+    assert any(not torch.equal(a, b) for a, b in zip(before, parts[1].parameters()))
+    result = evaluate(parts[1], Loader(parts[0].split, 64, 32, [0.5] * 3, [0.25] * 3, CPU), CPU, precision)
     assert math.isfinite(result["loss"]) and len(result["predictions"]) == 256
 
 
 def test_limit_batches_caps_an_epoch():
-    loader, model, optimizer, scheduler, scaler = setup("fp32", max_batches=2)
-    _, step = train_one_epoch(model, loader, optimizer, scheduler, scaler, torch.device("cpu"), "fp32",
-                              epoch=0, step=10, log_every=100, log=lambda m, s: None)
+    _, step = epoch(*setup(max_batches=2), trainer(), step=10)
     assert step == 12
 
 
 def test_a_few_epochs_learn_the_synthetic_set():
-    loader, model, optimizer, scheduler, scaler = setup("fp32")
+    parts = setup()
     step = 0
-    for epoch in range(6):
-        _, step = train_one_epoch(model, loader, optimizer, scheduler, scaler, torch.device("cpu"), "fp32",
-                                  epoch, step, 100, lambda m, s: None)
-    result = evaluate(model, Loader(loader.split, 64, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu")),
-                      torch.device("cpu"), "fp32")
+    for i in range(6):
+        _, step = epoch(*parts, trainer(), step=step, index=i)
+    result = evaluate(parts[1], Loader(parts[0].split, 64, 32, [0.5] * 3, [0.25] * 3, CPU), CPU, "fp32")
     assert result["acc"] > 0.5  # chance is 0.1
+
+
+def test_a_blown_up_loss_stops_with_step_loss_and_lr():
+    with pytest.raises(NonFiniteLoss) as e:
+        epoch(*setup(lr=1e9), trainer("log_every_n_steps=100"))
+    message = str(e.value)
+    assert "non-finite training loss (nan)" in message or "non-finite training loss (inf)" in message
+    assert "at step " in message and "learning rate 1e+09" in message and "trainer.on_nonfinite=skip" in message
+
+
+def test_skip_counts_the_non_finite_batches():
+    parts = setup()
+    real_forward = parts[1].forward
+    calls = {"n": 0}
+
+    def forward(x):  # every third batch produces NaN logits
+        calls["n"] += 1
+        out = real_forward(x)
+        return out * float("nan") if calls["n"] % 3 == 0 else out
+
+    parts[1].forward = forward
+    stats, step = epoch(*parts, trainer("on_nonfinite=skip"))
+    assert stats["train/skipped_batches"] == 2 and step == 8  # batches 3 and 6 of 8
+    assert all(torch.isfinite(p).all() for p in parts[1].parameters())
+
+
+def test_grad_clipping_bounds_the_update():
+    parts = setup(lr=1.0)
+    before = [p.detach().clone() for p in parts[1].parameters()]
+    optimizer = torch.optim.SGD(parts[1].parameters(), lr=1.0)
+    epoch(parts[0], parts[1], optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), parts[4],
+          trainer("grad_clip_norm=0.001"))
+    change = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(before, parts[1].parameters())))
+    assert change <= 8 * 0.001 * 1.0001  # 8 steps, each of norm <= lr * clip
