@@ -148,7 +148,9 @@ def train(dict_cfg: DictConfig) -> float:
         save_checkpoint(ckpt_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress.state_dict(),
-            "best_val_acc": best_val_acc, "rng": rng_state(train_loader.generator_state()),
+            "best_val_acc": best_val_acc,
+            # the data generator's position matters mid-epoch only: a new epoch seeds its own
+            "rng": rng_state(train_loader.generator_state() if progress.batch else None),
             "metrics_lines": tracker.lines, "config": config, "classes": data.classes, "run": run_info})
 
     best_state, exit_code, signals = None, 1, StopSignals()

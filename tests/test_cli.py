@@ -114,26 +114,66 @@ def test_summary_of_another_variant(cli):
     assert "LocalResponseNorm-3" in result.stdout and "Total params: 12,652,426" in result.stdout
 
 
-ERRORS = [
-    (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: a float in [0, 1)"),
-    (["model.dropuot=0.3"], "Key 'dropuot' not in 'ModelConfig'"),
-    (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'"),
-    (["model.input_size=big"], "Value 'big' of type 'str' could not be converted to Integer"),
-    (["model=resnet"], "Could not find 'model/resnet'"),
-    (["optimizer=rmsprop"], "Available options in 'optimizer'"),
-    (["model.input_size=32"], "alexnet needs inputs of at least 67x67; use model.input_size>=67"),
-    (["model=alexnet_cifar", "model.input_size=8"], "alexnet_cifar needs inputs of at least 15x15"),
-    (["trainer.device=gpu"], "Invalid value 'gpu', expected one of [auto, cpu, cuda]"),
-    (["trainer.precision=fp8"], "expected one of [fp32, bf16, fp16]"),
-    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed"),
-    (["data=cifar10", "data.root=nowhere", "data.download=false"], "CIFAR-10 not found or corrupted in data.root=nowhere"),
-    (["data=imagefolder", "data.root=nowhere"], "data.root=nowhere does not exist"),
-    (["data=imagefolder", "data.root=."], "is not a directory. Fix: data.root must hold train/<class>/*"),
+def layout(damage):
+    """Set-up for a bad data layout: an ImageFolder tree under ./ds, then `damage` applied to it."""
+    def make(cwd: Path) -> None:
+        from test_data import make_imagefolder
+
+        damage(make_imagefolder(cwd / "ds"))
+    return make
+
+
+def junk_cifar(cwd: Path) -> None:
+    batches = cwd / "cifar" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        (batches / name).write_bytes(b"not the CIFAR-10 file")
+
+
+IMAGEFOLDER = ["data=imagefolder", "data.root=ds", "data.val_size=3"]
+ERRORS = [  # (overrides, what the message must say, set-up of files in the working directory)
+    (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: a float in [0, 1)", None),
+    (["model.dropuot=0.3"], "Key 'dropuot' not in 'ModelConfig'", None),
+    (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'", None),
+    (["model.input_size=big"], "Value 'big' of type 'str' could not be converted to Integer", None),
+    (["model=resnet"], "Could not find 'model/resnet'", None),
+    (["optimizer=rmsprop"], "Available options in 'optimizer'", None),
+    (["model.input_size=32"], "alexnet needs inputs of at least 67x67; use model.input_size>=67", None),
+    (["model=alexnet_cifar", "model.input_size=8"], "alexnet_cifar needs inputs of at least 15x15", None),
+    (["trainer.device=gpu"], "Invalid value 'gpu', expected one of [auto, cpu, cuda]", None),
+    (["trainer.precision=fp8"], "expected one of [fp32, bf16, fp16]", None),
+    (["trainer.on_nonfinite=ignore"], "expected one of [stop, skip]", None),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a positive learning rate", None),
+    (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a float in [0, 1)", None),
+    (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1", None),
+    (["trainer.epochs=0"], "trainer.epochs=0 is not allowed: an integer >= 1", None),
+    (["trainer.checkpoint_every_n_steps=0"], "trainer.checkpoint_every_n_steps=0 is not allowed", None),
+    (["trainer.resume=missing.pt"], "the path of an existing checkpoint file", None),
+    (["scheduler=cosine", "scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio=2.0 is not allowed", None),
+    (["data.std=[0,1,1]"], "data.std=[0.0, 1.0, 1.0] is not allowed: three positive values", None),
+    (["data=synthetic", "data.val_size=6000"], "data.train_size=5000 is not allowed: more than data.val_size", None),
+    (["data=cifar10", "data.root=nowhere", "data.download=false"],
+     "CIFAR-10 not found or corrupted in data.root=nowhere", None),
+    (["data=cifar10", "data.root=cifar", "data.download=false"], "CIFAR-10 not found or corrupted in data.root=cifar",
+     junk_cifar),
+    (["data=imagefolder", "data.root=nowhere"], "data.root=nowhere does not exist", None),
+    (["data=imagefolder", "data.root=."], "is not a directory. Fix: data.root must hold train/<class>/*", None),
+    (IMAGEFOLDER, "ds/train has no class folders",
+     layout(lambda r: [__import__("shutil").rmtree(r / "train"), (r / "train").mkdir()])),
+    (IMAGEFOLDER, "class folder ds/train/empty holds no images", layout(lambda r: (r / "train" / "empty").mkdir())),
+    (IMAGEFOLDER, "ds/test has classes ['cat', 'dog', 'toad'] but ds/train has ['cat', 'dog', 'frog']",
+     layout(lambda r: (r / "test" / "frog").rename(r / "test" / "toad"))),
+    (IMAGEFOLDER, "cannot read image ds/train/cat/0001.png",
+     layout(lambda r: (r / "train" / "cat" / "0001.png").write_bytes(b"not a png"))),
 ]
 
 
-@pytest.mark.parametrize("overrides,message", ERRORS, ids=[" ".join(o) for o, _ in ERRORS])
-def test_user_errors_exit_cleanly(cli, overrides, message):
+@pytest.mark.parametrize("overrides,message,setup", ERRORS, ids=[" ".join(o) + (f" [{s.__name__}]" if s else "")
+                                                                 for o, _, s in ERRORS])
+def test_user_errors_exit_cleanly(cli, overrides, message, setup):
+    assert len(ERRORS) >= 20
+    if setup:
+        setup(cli.cwd)
     earlier = cli.cwd / "outputs" / "earlier"
     earlier.mkdir(parents=True)
     (earlier / "metrics.jsonl").write_text("{}\n")

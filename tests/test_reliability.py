@@ -1,0 +1,264 @@
+"""Fault injection through the real CLI: kills at random steps, damaged checkpoints, failing disks, NaNs, sweeps.
+
+Faults inside the training process (a full disk, a read-only run dir) are injected with a sitecustomize.py on
+PYTHONPATH, so the package itself has no test hooks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint
+from conftest import TINY, run_cli
+from wandb_records import offline_runs, read_run
+
+# 3 epochs of 16 steps; a checkpoint every 4 steps; deterministic kernels.
+RESUMABLE = [*TINY, "model.width=0.125", "data.train_size=1200", "data.val_size=200", "data.test_size=200",
+             "trainer.epochs=3", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=4",
+             "trainer.deterministic=true"]
+TOTAL_STEPS = 48
+COMPARED = ("train/loss", "train/lr", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/best_acc")
+
+INJECT = '''
+import errno, os
+fault = os.environ.get("ALEXNET_FAULT", "")
+if fault.startswith("save-fails-after="):  # the disk fills up after N checkpoint writes
+    import torch
+    allowed, real_save = int(fault.split("=")[1]), torch.save
+    def save(*args, **kwargs):
+        global allowed
+        if allowed <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        allowed -= 1
+        return real_save(*args, **kwargs)
+    torch.save = save
+elif fault == "disk-nearly-full":
+    import shutil, collections
+    usage = collections.namedtuple("usage", "total used free")
+    shutil.disk_usage = lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20)
+elif fault == "read-only":
+    import pathlib
+    real_write = pathlib.Path.write_bytes
+    def write_bytes(self, data):
+        if self.name == ".write-probe":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(self, data)
+    pathlib.Path.write_bytes = write_bytes
+'''
+
+
+def only_run_dir(cwd: Path) -> Path:
+    (run_dir,) = {p.parent for p in cwd.glob("outputs/*/*/.hydra")}
+    return run_dir
+
+
+def records(run_dir: Path) -> list[dict]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def compared_metrics(run_dir: Path) -> list:
+    rows = records(run_dir)
+    history = [(r["_step"], k, r[k]) for r in rows if "_step" in r for k in COMPARED if k in r]
+    summary = [r["_summary"] for r in rows if "_summary" in r]
+    return history + [(k, summary[-1][k]) for k in ("test/acc", "test/loss", "val/best_acc")]
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def max_step(run_dir: Path | None) -> int:
+    if run_dir is None or not (run_dir / "metrics.jsonl").exists():
+        return 0
+    return max((r["_step"] for r in records(run_dir) if "_step" in r), default=0)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The same run, left alone."""
+    cwd = tmp_path_factory.mktemp("reference")
+    result = run_cli("run", RESUMABLE, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(cwd)
+
+
+def start(cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_SILENT": "true", "XDG_CACHE_HOME": str(cwd / "cache")}
+    env.pop("WANDB_MODE", None)
+    return subprocess.Popen([sys.executable, "-m", "alexnet.run", *RESUMABLE], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_at(proc: subprocess.Popen, cwd: Path, target: int, signum: int) -> int:
+    """Wait until training reaches `target` steps, send `signum`, return the exit code."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        dirs = list(cwd.glob("outputs/*/*/metrics.jsonl"))
+        if dirs and max_step(dirs[0].parent) >= target:
+            proc.send_signal(signum)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=120)
+    return proc.returncode
+
+
+def interrupted_chain(cwd: Path, kills: list[int], seed: int) -> list[tuple[str, int, int]]:
+    """Kill the run with each signal in `kills` at random steps, resuming in between; returns what happened."""
+    rng = random.Random(seed)
+    planned = sorted(rng.sample(range(3, TOTAL_STEPS - 8), len(kills)))
+    happened = []
+    for signum, target in zip(kills, planned):
+        run_dir = next((p.parent for p in cwd.glob("outputs/*/*/metrics.jsonl")), None)
+        target = max(target, max_step(run_dir) + 3)  # real progress in this process, not stale lines
+        code = kill_at(start(cwd), cwd, target, signum)
+        happened.append((signal.Signals(signum).name, target, code))
+    final = start(cwd)
+    _, stderr = final.communicate(timeout=300)
+    assert final.returncode == 0, stderr[-3000:]
+    return happened
+
+
+@pytest.mark.parametrize("seed,kills", [
+    (0, [signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGUSR1]),
+    pytest.param(1, [signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGTERM],
+                 marks=pytest.mark.slow),
+    pytest.param(2, [signal.SIGUSR1, signal.SIGKILL, signal.SIGKILL], marks=pytest.mark.slow),
+])
+def test_killed_and_resumed_run_matches_the_uninterrupted_one_bit_for_bit(reference, tmp_path, seed, kills):
+    happened = interrupted_chain(tmp_path, kills, seed)
+    expected_codes = {"SIGTERM": 143, "SIGINT": 130, "SIGUSR1": 138, "SIGKILL": -9}
+    assert [code for _, _, code in happened] == [expected_codes[name] for name, _, _ in happened], happened
+    run_dir = only_run_dir(tmp_path)  # every resume continued the same run dir
+    resumed, alone = final_weights(run_dir), final_weights(reference)
+    assert resumed.keys() == alone.keys()
+    assert all(torch.equal(resumed[k], alone[k]) for k in alone), "final weights differ"
+    assert compared_metrics(run_dir) == compared_metrics(reference)
+    steps = [r["_step"] for r in records(run_dir) if "_step" in r and "val/acc" not in r]
+    assert steps == sorted(set(steps)) and steps[-1] == TOTAL_STEPS  # appended without duplicate steps
+    # One W&B run, continued by every resume. (A SIGKILL can cut a process's offline record before W&B
+    # wrote its run header: metrics.jsonl, not W&B's buffer, is the record that survives a SIGKILL.)
+    runs = [read_run(p) for p in offline_runs(run_dir)]
+    assert len(runs) == len(kills) + 1 and len({r.run_id for r in runs if r.run_id}) == 1
+    assert runs[-1].run_id and runs[-1].exit_code == 0
+
+
+@pytest.fixture
+def interrupted(tmp_path) -> Path:
+    """A run stopped by SIGTERM after its second checkpoint: last.pt and last.prev.pt exist."""
+    assert kill_at(start(tmp_path), tmp_path, 10, signal.SIGTERM) == 143
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "checkpoints/last.pt").exists() and (run_dir / "checkpoints/last.prev.pt").exists()
+    return run_dir
+
+
+@pytest.mark.parametrize("damage,why", [
+    (lambda data: data[:len(data) // 2], "is unreadable"),  # truncated
+    (lambda data: data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:],
+     "is corrupt: its content does not match its SHA-256 digest"),  # one flipped byte, which torch misses
+])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(reference, interrupted, damage, why):
+    last, previous = interrupted / "checkpoints/last.pt", interrupted / "checkpoints/last.prev.pt"
+    last.write_bytes(damage(last.read_bytes()))
+    result = run_cli("run", RESUMABLE, interrupted.parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = next(line for line in result.stdout.splitlines() if "WARNING" in line and "previous" in line)
+    assert str(last) in warning and str(previous) in warning and why in warning
+    final = final_weights(interrupted)
+    assert all(torch.equal(final[k], v) for k, v in final_weights(reference).items())  # still exact
+
+
+def test_both_checkpoints_damaged_is_a_clear_error(interrupted):
+    for name in ("last.pt", "last.prev.pt"):
+        path = interrupted / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[:100])
+    result = run_cli("run", RESUMABLE, interrupted.parents[2])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the previous checkpoint is damaged too" in result.stderr and "trainer.resume=never" in result.stderr
+
+
+def with_fault(tmp_path: Path, fault: str) -> dict:
+    inject = tmp_path / "inject"
+    inject.mkdir(exist_ok=True)
+    (inject / "sitecustomize.py").write_text(INJECT)
+    return {"PYTHONPATH": f"{inject}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "ALEXNET_FAULT": fault}
+
+
+def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path):
+    result = run_cli("run", RESUMABLE, tmp_path, **with_fault(tmp_path, "save-fails-after=3"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "could not write checkpoint" in result.stderr and "No space left on device" in result.stderr
+    assert "is intact" in result.stderr and "run the same command again to resume" in result.stderr
+    run_dir = only_run_dir(tmp_path)
+    kept = load_checkpoint(run_dir / "checkpoints/last.pt")  # verifies its digest
+    assert kept["step"] == 12  # the third write: steps 4, 8, 12
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
+    assert records(run_dir)[-1] == {"_exit": 1}
+    resumed = run_cli("run", RESUMABLE, tmp_path)  # space freed: the same command resumes
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("disk-nearly-full", "MiB free but checkpoints need about"),
+    ("read-only", "is not writable (Read-only file system)"),
+])
+def test_an_unusable_run_dir_stops_before_training(tmp_path, fault, message):
+    result = run_cli("run", RESUMABLE, tmp_path, **with_fault(tmp_path, fault))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (only_run_dir(tmp_path) / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_nan_stops_with_step_loss_and_lr_and_keeps_the_last_good_checkpoint(tmp_path):
+    # The lr ramps up over two epochs to 10: early steps are fine and checkpointed, then the loss blows up.
+    result = run_cli("run", [*RESUMABLE, "optimizer=sgd", "optimizer.lr=10", "scheduler.warmup_epochs=2"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "non-finite training loss" in result.stderr and "at step" in result.stderr
+    assert "learning rate" in result.stderr and "keeps its last good checkpoint" in result.stderr
+    run_dir = only_run_dir(tmp_path)
+    last = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    bad_step = int(result.stderr.split("at step ")[1].split(" ")[0])
+    assert last["step"] < bad_step
+
+
+def test_skip_mode_trains_through_and_counts(tmp_path):
+    result = run_cli("run", [*RESUMABLE, "trainer.epochs=1", "trainer.on_nonfinite=skip", "optimizer=sgd",
+                             "optimizer.lr=1e4", "scheduler.warmup_epochs=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    epoch_row = next(r for r in records(only_run_dir(tmp_path)) if "val/acc" in r)
+    assert epoch_row["train/skipped_batches"] > 0
+
+
+def test_multirun_records_a_failed_job_and_runs_the_rest(tmp_path):
+    result = run_cli("run", ["-m", *TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100",
+                             "model.input_size=8,32"], tmp_path)
+    assert result.returncode == 1
+    assert "1 job(s) of this sweep failed" in result.stderr
+    assert "job 0 (" in result.stderr and "model.input_size=8" in result.stderr
+    assert "alexnet_cifar needs inputs of at least 15x15" in result.stderr and "Traceback" not in result.stderr
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    assert "model.input_size=8" in failure["overrides"] and "15x15" in failure["error"]
+    assert records(sweep / "1")[-1] == {"_exit": 0}  # the other job finished
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
+    result = run_cli("run", ["-m", *TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100",
+                             "model.input_size=8,32", "fail_fast=true"], tmp_path)
+    assert result.returncode == 2 and "stopping the sweep at its first failure" in result.stderr
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    assert not (sweep / "1").exists()
