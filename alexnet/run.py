@@ -130,7 +130,10 @@ def train(dict_cfg: DictConfig) -> float:
         epoch, step, best_val_acc = resumed["epoch"], resumed["step"], resumed["best_val_acc"]
         progress = EpochProgress(**resumed["progress"])
         generator_state = restore_rng_state(resumed["rng"])
-        log.info("resuming from %s: epoch %d, batch %d, step %d", path, epoch + 1, progress.batch, step)
+        if epoch >= cfg.trainer.epochs:
+            log.info("resuming from %s: all %d epochs are done, only the final test runs again", path, epoch)
+        else:
+            log.info("resuming from %s: epoch %d, batch %d, step %d", path, epoch + 1, progress.batch, step)
 
     name, group = run_name_and_group(cfg)
     config = to_dict(dict_cfg)
