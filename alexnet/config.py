@@ -26,6 +26,7 @@ from alexnet.models import ARCHS, min_input_size
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"
 
 
 class UserError(Exception):
@@ -307,6 +308,18 @@ def register_configs() -> None:
     for group, schemas in GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+    register_experiments(cs)
+
+
+def register_experiments(cs: ConfigStore) -> None:
+    """experiments/NAME.yaml becomes `+experiment=NAME`; experiments/GROUP/NAME.yaml a helper group GROUP.
+
+    Both apply at the top level (package _global_), as an experiment overrides any part of the config.
+    experiments/ stays the only copy: nothing of it is repeated under conf/.
+    """
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")) + sorted(EXPERIMENTS_DIR.glob("*/*.yaml")):
+        group = "experiment" if path.parent == EXPERIMENTS_DIR else path.parent.name
+        cs.store(group=group, name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, list[str]]]:

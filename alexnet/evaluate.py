@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet.checkpoint import load_checkpoint
-from alexnet.config import GROUP_SCHEMAS, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
+from alexnet.config import CONF_DIR, GROUP_SCHEMAS, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
 from alexnet.data import Loader, load_dataset
 from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
 from alexnet.models import model_from_config
@@ -121,7 +121,7 @@ def print_results(result: dict, classes: list[str], confusion) -> None:
     console.print(matrix)
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 def hydra_main(dict_cfg: DictConfig) -> float:
     with exit_on_user_error():
         return evaluate_checkpoint(dict_cfg)

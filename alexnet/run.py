@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet.checkpoint import check_writable, load_checkpoint, load_latest, save_checkpoint
-from alexnet.config import Config, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
+from alexnet.config import CONF_DIR, Config, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
 from alexnet.data import Loader, load_dataset
 from alexnet.engine import EpochProgress, evaluate, train_one_epoch
 from alexnet.models import count_parameters, model_from_config
@@ -70,12 +70,12 @@ def run_name_and_group(cfg: Config) -> tuple[str, str | None]:
     """Name: what differs from the defaults, e.g. `optimizer=adam,model.dropout=0.5`.
 
     Group: `wandb.group` if set, else the study: the sweep dir of a multirun (prefixed by the experiment's
-    name when run from experiments/), or the experiment's name for a single run of one.
+    name for `+experiment=NAME`), or the experiment's name for a single run of one.
     """
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "wandb.", "trainer.resume="))]
-    experiment = hydra_cfg.job.config_name if hydra_cfg.job.config_name != "config" else None
-    name = ",".join(overrides) or experiment or "defaults"
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    name = ",".join(overrides) or "defaults"
     group = cfg.wandb.group
     if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
         group = f"{experiment}:{hydra_cfg.sweep.dir}" if experiment else hydra_cfg.sweep.dir
@@ -223,11 +223,19 @@ def record_failure(dict_cfg: DictConfig, error: BaseException) -> str:
     return message
 
 
-class SweepFailures(Callback):
-    """At the end of a multirun: list the jobs that failed and exit non-zero (Hydra's default shows one)."""
+class SweepSummary(Callback):
+    """At the end of a multirun: write its comparison report, list the jobs that failed and exit non-zero."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        failures = [json.loads(p.read_text()) for p in Path(config.hydra.sweep.dir).glob("*/failure.json")]
+        from alexnet.report import ReportError, load_local_runs, write_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            result = write_report(load_local_runs([sweep_dir]), sweep_dir, f"Comparison of {sweep_dir}")
+            log.info("comparison report: %s (%d configurations)", sweep_dir / "report.md", len(result["rows"]))
+        except ReportError as e:
+            log.warning("no comparison report: %s", e)
+        failures = [json.loads(p.read_text()) for p in sweep_dir.glob("*/failure.json")]
         if failures:
             print(f"{len(failures)} job(s) of this sweep failed (the others finished):", file=sys.stderr)
             for f in sorted(failures, key=lambda f: f["job"]):
@@ -235,8 +243,8 @@ class SweepFailures(Callback):
             sys.exit(1)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(dict_cfg: DictConfig) -> float | None:
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(dict_cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with exit_on_user_error():
             return train(dict_cfg)
@@ -249,8 +257,12 @@ def main(dict_cfg: DictConfig) -> float | None:
         if dict_cfg.get("fail_fast"):
             print(f"error: {message}\nstopping the sweep at its first failure (fail_fast=true)", file=sys.stderr)
             sys.exit(2)
-        return None
+        return float("nan")  # an Optuna sweep records the trial as failed
 
 
 if __name__ == "__main__":
-    main()
+    # Run `main` as alexnet.run.main, not __main__.main: launchers that pickle the task (joblib, submitit)
+    # can then refer to it by name instead of pickling this module's globals by value.
+    from alexnet.run import main as importable_main
+
+    importable_main()
