@@ -192,7 +192,7 @@ def train(dict_cfg: DictConfig) -> float:
             log.warning("stopped at epoch %d, step %d by a signal; %s", epoch + 1, step,
                         f"the checkpoint is {ckpt_dir / 'last.pt'}: run the same command again to resume"
                         if cfg.trainer.save_checkpoints else "checkpoints are off (trainer.save_checkpoints=false)")
-            raise SystemExit(exit_code)
+            signals.stop()
 
         if cfg.trainer.save_checkpoints:
             best_state = load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"]

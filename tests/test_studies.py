@@ -88,3 +88,56 @@ def test_optuna_search_of_three_trials_reports_the_best(cli):
     best_val = max(r.summary["val/best_acc"] for r in runs)
     assert best["best_value"] == pytest.approx(best_val)  # the trial value is the run's best val/acc
     assert 0.001 <= best["best_params"]["optimizer.lr"] <= 0.1
+
+
+def cmdline(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
+def test_submitit_job_interrupted_requeued_and_resumed(tmp_path):
+    """submitit's requeue signal mid-training: checkpoint, requeue, resume; the result equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from alexnet.checkpoint import load_checkpoint
+    from test_reliability import RESUMABLE, max_step
+
+    (tmp_path / "reference").mkdir()
+    reference = run_cli("run", RESUMABLE, tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    (ref_dir,) = {p.parent for p in (tmp_path / "reference").glob("outputs/*/*/metrics.jsonl")}
+
+    cwd = tmp_path / "sweep"
+    cwd.mkdir()
+    env = {**os.environ, "WANDB_SILENT": "true", "XDG_CACHE_HOME": str(cwd / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet.run", "-m", *RESUMABLE, "hydra/launcher=submitit_local",
+                             "hydra.launcher.timeout_min=10"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline, task = time.monotonic() + 240, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        jobs = list(cwd.glob("multirun/*/*/0/metrics.jsonl"))
+        if jobs and max_step(jobs[0].parent) >= 20:
+            task = next(int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+                        if b"submitit.core._submit" in cmdline(p) and str(cwd).encode() in cmdline(p))
+            os.kill(task, signal.SIGUSR2)  # what SLURM sends before a time limit or preemption
+            break
+        time.sleep(0.1)
+    output, _ = proc.communicate(timeout=300)
+    assert task is not None and proc.returncode == 0, output[-3000:]
+    (job,) = cwd.glob("multirun/*/*/0")
+    log = next(job.parent.glob(".submitit/*/*_0_log.out")).read_text()
+    assert "received SIGUSR2" in log and "submitit requeues the job" in log and "Requeued job" in log
+    assert "resuming from" in log
+    resumed, alone = load_checkpoint(job / "checkpoints/last.pt")["model"], load_checkpoint(
+        ref_dir / "checkpoints/last.pt")["model"]
+    assert all(torch.equal(resumed[k], alone[k]) for k in alone)
+    runs = [read_run(p) for p in offline_runs(job)]
+    assert len(runs) == 2 and len({r.run_id for r in runs}) == 1 and runs[-1].exit_code == 0
