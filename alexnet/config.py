@@ -54,6 +54,11 @@ class Precision(Enum):
     fp16 = "fp16"
 
 
+class Strategy(Enum):
+    single = "single"  # one process, one device
+    ddp = "ddp"  # DistributedDataParallel, one process per device, started by torchrun
+
+
 class OnNonFinite(Enum):
     stop = "stop"  # stop the run, keeping the last good checkpoint
     skip = "skip"  # skip the batch (costs one host sync per step) and count it
@@ -236,6 +241,7 @@ class TrainerConfig:
     deterministic: bool = False  # deterministic kernels: an interrupted and resumed run matches bit for bit
     on_nonfinite: OnNonFinite = OnNonFinite.stop  # a NaN or infinite loss: stop, or skip the batch
     grad_clip_norm: Optional[float] = None  # clip the gradients' global L2 norm to this
+    strategy: Strategy = Strategy.single  # ddp: `torchrun --nproc_per_node=N -m alexnet.run trainer.strategy=ddp`
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")

@@ -196,22 +196,15 @@ def load_dataset(cfg) -> Dataset:
 
 # ----------------------------------------------------------------------------------------------- batches
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """A different random crop for each image: zero-pad by `padding`, then crop back to the original size."""
+def random_crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Crop each image at its own offset (dy, dx in [0, 2 * padding]) out of its zero-padded copy."""
     n, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=images.device)
-    rows = (dy + torch.arange(h, device=images.device))[:, None, :, None]  # n x 1 x h x 1
-    cols = (dx + torch.arange(w, device=images.device))[:, None, None, :]  # n x 1 x 1 x w
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # n x 1 x h x 1
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # n x 1 x 1 x w
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     channel = torch.arange(c, device=images.device)[None, :, None, None]
     return padded[batch, channel, rows, cols]
-
-
-def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
 class Loader:
@@ -220,11 +213,16 @@ class Loader:
     Each epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch's batches
     depend only on the seed and the epoch number; `generator_state()` after any batch, given back to
     `batches()`, continues the epoch exactly where it stopped.
+
+    With several processes (DDP), `batch_size` is the global batch: every rank draws the whole batch's order and
+    augmentation from the same generator and keeps its share (every world_size-th image), so the data a step
+    sees is the same whatever the number of ranks.
     """
 
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
                  train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
-                 seed: int = 0, max_batches: int | None = None):
+                 seed: int = 0, max_batches: int | None = None, rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
         self.split = split.to(device)
         self.batch_size, self.input_size, self.device = batch_size, input_size, device
         self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
@@ -236,13 +234,25 @@ class Loader:
         n = math.ceil(len(self.split) / self.batch_size)
         return min(n, self.max_batches) if self.max_batches else n
 
-    def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """uint8 batch -> normalized float batch at input_size; augmented when a generator is given."""
+    def augmentation(self, n: int, generator: torch.Generator | None) -> dict:
+        """Random crop offsets and flips for a whole (global) batch of n images."""
+        if generator is None:
+            return {}
+        draws, device, span = {}, self.device, 2 * self.crop_padding + 1
+        if self.random_crop and self.crop_padding > 0:
+            draws["dy"] = torch.randint(0, span, (n,), generator=generator, device=device)
+            draws["dx"] = torch.randint(0, span, (n,), generator=generator, device=device)
+        if self.hflip:
+            draws["flip"] = torch.rand(n, generator=generator, device=device) < 0.5
+        return draws
+
+    def transform(self, images: torch.Tensor, draws: dict) -> torch.Tensor:
+        """uint8 batch -> normalized float batch at input_size, augmented by `draws`."""
         x = images.float()
-        if generator is not None and self.random_crop and self.crop_padding > 0:
-            x = random_crop(x, self.crop_padding, generator)
-        if generator is not None and self.hflip:
-            x = random_hflip(x, generator)
+        if "dy" in draws:
+            x = random_crop(x, self.crop_padding, draws["dy"], draws["dx"])
+        if "flip" in draws:
+            x = torch.where(draws["flip"][:, None, None, None], x.flip(3), x)
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=self.input_size < x.shape[-1])
@@ -260,7 +270,10 @@ class Loader:
                 self.generator.set_state(generator_state)
         for i in range(start, len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.transform(self.split.images[index], self.generator), self.split.labels[index]
+            draws = self.augmentation(len(index), self.generator)
+            mine = slice(self.rank, None, self.world_size)  # this rank's share of the global batch
+            draws = {k: v[mine] for k, v in draws.items()}
+            yield self.transform(self.split.images[index[mine]], draws), self.split.labels[index[mine]]
 
     def generator_state(self) -> torch.Tensor | None:
         return self.generator.get_state() if self.generator is not None else None

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from alexnet.config import UserError
 from alexnet.data import Loader
+from alexnet.distributed import Dist
 
 log_line = logging.getLogger("alexnet").info
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,15 +48,33 @@ class EpochProgress:
             setattr(self, name, torch.zeros((), dtype=dtype, device=device) if value is None else value.to(device))
         return self
 
-    def state_dict(self) -> dict:
-        return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+    SUMS = ("loss_sum", "correct", "window_loss")
+
+    def state_dict(self, dist: Dist = Dist()) -> dict:
+        """The epoch so far, with sums over all ranks (a collective call with DDP)."""
+        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        if self.loss_sum is not None:  # a fresh epoch has nothing to sum yet (on every rank alike)
+            for name in self.SUMS:
+                state[name] = dist.sum(getattr(self, name)).cpu()
+            state["seen"] = int(dist.sum(torch.tensor(self.seen, device=self.loss_sum.device)).item())
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict, dist: Dist = Dist()) -> "EpochProgress":
+        """Rank 0 holds the saved sums and the other ranks start from zero, so sums over ranks stay right
+        whatever the number of ranks that saved them."""
+        progress = cls(**state)
+        if not dist.is_main:
+            progress.loss_sum = progress.correct = progress.window_loss = None
+            progress.seen = 0
+        return progress
 
 
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device: torch.device, trainer, epoch: int,
                     step: int, progress: EpochProgress, log: Callable[[dict, int], None],
                     generator_state: torch.Tensor | None = None,
                     checkpoint: Callable[[int, EpochProgress], None] | None = None,
-                    should_stop: Callable[[], bool] = lambda: False) -> tuple[dict | None, int]:
+                    should_stop: Callable[[], bool] = lambda: False, dist: Dist = Dist()) -> tuple[dict | None, int]:
     """Train on `loader` from `progress.batch` on; returns (the epoch's stats, or None if stopped early, step).
 
     `trainer` is the trainer config node. Loss and accuracy are summed on the device and read back only every
@@ -70,8 +89,10 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     lrs: dict[int, float] = {}  # lr of each step since the last check, for the message
 
     def check_finite() -> None:
-        if first_bad.item() >= 0:
-            bad = int(first_bad.item())
+        seen_bad = first_bad >= 0
+        if dist.any(bool(seen_bad.item()), device):
+            never = torch.iinfo(torch.int64).max
+            bad = int(-dist.max(-torch.where(seen_bad, first_bad, never)).item())  # the earliest on any rank
             raise NonFiniteLoss(
                 f"non-finite training loss ({bad_loss.item()}) at step {bad} (epoch {epoch + 1}), learning rate "
                 f"{lrs.get(bad, float('nan')):.4g}. The run stops here and keeps its last good checkpoint. Fix: "
@@ -116,7 +137,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         last = progress.batch == len(loader)
         if step % trainer.log_every_n_steps == 0 or last:
             check_finite()
-            window_mean = (progress.window_loss / max(1, progress.window_steps)).item()
+            window_mean = (dist.sum(progress.window_loss) / max(1, progress.window_steps * dist.world_size)).item()
             log({"train/loss": window_mean, "train/lr": lr, "epoch": epoch + 1}, step)
             progress.window_loss.zero_()
             progress.window_steps = 0
@@ -124,7 +145,8 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                 log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, progress.batch, len(loader),
                          window_mean, lr)
                 next_line += len(loader) / 10
-        stop = should_stop() and not last  # on the last batch the caller ends the epoch and checkpoints it
+        # on the last batch the caller ends the epoch and checkpoints it; with DDP all ranks stop together
+        stop = dist.any(should_stop(), device) and not last
         if checkpoint is not None and not last and (stop or (
                 trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0)):
             check_finite()  # never checkpoint a broken model
@@ -139,17 +161,21 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         torch.cuda.synchronize()
     progress.elapsed += time.perf_counter() - start
     bar.close()
-    seen = max(1, progress.seen)
-    stats = {"train/loss_epoch": (progress.loss_sum / seen).item(), "train/acc": progress.correct.item() / seen,
-             "train/images_per_sec": progress.seen / max(progress.elapsed, 1e-9), "train/time": progress.elapsed}
+    seen = int(dist.sum(torch.tensor(progress.seen, device=device)).item())
+    stats = {"train/loss_epoch": (dist.sum(progress.loss_sum) / max(1, seen)).item(),
+             "train/acc": dist.sum(progress.correct).item() / max(1, seen),
+             "train/images_per_sec": seen / max(progress.elapsed, 1e-9), "train/time": progress.elapsed}
     if skip_nonfinite:
         stats["train/skipped_batches"] = progress.skipped
     return stats, step
 
 
 @torch.no_grad()
-def evaluate(model, loader: Loader, device: torch.device, precision: str) -> dict:
-    """Mean cross-entropy, accuracy, and each image's prediction and confidence (max softmax probability)."""
+def evaluate(model, loader: Loader, device: torch.device, precision: str, dist: Dist = Dist()) -> dict:
+    """Mean cross-entropy, accuracy, and each image's prediction and confidence (max softmax probability).
+
+    With a sharded loader (DDP) loss and accuracy are over all ranks; predictions are this rank's.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=device)
     predictions, confidences, targets = [], [], []
@@ -163,7 +189,9 @@ def evaluate(model, loader: Loader, device: torch.device, precision: str) -> dic
         confidences.append(confidence)
         targets.append(labels)
     predictions, targets = torch.cat(predictions), torch.cat(targets)
-    return {"loss": loss_sum.item() / len(targets), "acc": (predictions == targets).float().mean().item(),
+    totals = dist.sum(torch.stack([loss_sum, (predictions == targets).sum().float(),
+                                   torch.tensor(float(len(targets)), device=device)]))
+    return {"loss": (totals[0] / totals[2]).item(), "acc": (totals[1] / totals[2]).item(),
             "predictions": predictions.cpu(), "confidences": torch.cat(confidences).cpu(), "targets": targets.cpu()}
 
 

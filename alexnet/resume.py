@@ -6,7 +6,9 @@ A run killed and started again with the same command continues in its own run di
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +57,13 @@ def is_resumable(run_dir: Path) -> bool:
 def interrupted_run_dir(root: str, fresh: str, overrides, resume: str) -> str:
     """The run dir for a single run: with trainer.resume=auto, the newest interrupted run under `root` made by
     the same command (the same overrides, trainer.resume aside); otherwise `root/fresh`.
+
+    Under torchrun only rank 0 has a run dir; the other ranks get a scratch dir for Hydra's own files and
+    learn rank 0's run dir from it.
     """
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        return str(Path(tempfile.gettempdir()) / f"alexnet-rank{rank}-of-{os.getppid()}")
     if resume == "auto":
         wanted = _comparable(list(overrides))
         for saved in sorted(Path(root).glob("*/*/.hydra/overrides.yaml"), reverse=True):  # newest first

@@ -26,13 +26,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet.checkpoint import check_writable, load_checkpoint, load_latest, save_checkpoint
 from alexnet.config import CONF_DIR, Config, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
+from alexnet import distributed
+from alexnet.checkpoint import _digest
 from alexnet.data import Loader, load_dataset
+from alexnet.distributed import Dist
 from alexnet.engine import EpochProgress, evaluate, train_one_epoch
 from alexnet.models import count_parameters, model_from_config
 from alexnet.optim import build_optimizer, build_scheduler
 from alexnet.resume import restore_rng_state, rng_state
 from alexnet.signals import StopSignals
-from alexnet.tracking import Tracker
+from alexnet.tracking import NullTracker, Tracker
 
 log = logging.getLogger("alexnet")
 
@@ -56,12 +59,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def make_loaders(cfg: Config, data, device: torch.device) -> tuple[Loader, Loader, Loader]:
+def make_loaders(cfg: Config, data, device: torch.device, dist: Dist) -> tuple[Loader, Loader, Loader]:
+    """Train and val are shared out between DDP ranks; the test split is scored whole, on rank 0."""
     d, limit = cfg.data, cfg.trainer.limit_batches
     common = dict(input_size=cfg.model.input_size, mean=d.mean, std=d.std, device=device, max_batches=limit)
+    ranks = dict(rank=dist.rank, world_size=dist.world_size)
     train = Loader(data.train, d.batch_size, train=True, random_crop=d.random_crop, crop_padding=d.crop_padding,
-                   hflip=d.hflip, seed=cfg.seed, **common)
-    val = Loader(data.val, d.eval_batch_size, **common)
+                   hflip=d.hflip, seed=cfg.seed, **common, **ranks)
+    val = Loader(data.val, d.eval_batch_size, **common, **ranks)
     test = Loader(data.test, d.eval_batch_size, **common)
     return train, val, test
 
@@ -99,16 +104,24 @@ def find_checkpoint(resume: str, last: Path) -> tuple[dict, Path] | None:
 
 def train(dict_cfg: DictConfig) -> float:
     cfg = to_typed(dict_cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    device = resolve_device(cfg.trainer.device.value)
+    dist, device = distributed.setup(cfg.trainer.strategy.value, resolve_device(cfg.trainer.device.value))
+    try:
+        return train_on(cfg, dict_cfg, dist, device)
+    finally:
+        distributed.teardown(dist)
+
+
+def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device) -> float:
+    run_dir = Path(dist.broadcast(HydraConfig.get().runtime.output_dir))  # rank 0's: one run dir
     precision = cfg.trainer.precision.value
     log.info("config:\n%s", OmegaConf.to_yaml(dict_cfg, resolve=True))
-    log.info("run dir: %s | device: %s | precision: %s", run_dir, device, precision)
+    log.info("run dir: %s | device: %s | precision: %s%s", run_dir, device, precision,
+             f" | rank {dist.rank} of {dist.world_size}" if dist.active else "")
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     data = load_dataset(cfg.data)
-    train_loader, val_loader, test_loader = make_loaders(cfg, data, device)
-    model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
+    train_loader, val_loader, test_loader = make_loaders(cfg, data, device, dist)
+    model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)  # the network itself
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, len(train_loader), cfg.trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -117,7 +130,7 @@ def train(dict_cfg: DictConfig) -> float:
              f"{num_params:,}", len(data.train), len(data.val), len(data.test), len(data.classes))
 
     ckpt_dir = run_dir / "checkpoints"
-    if cfg.trainer.save_checkpoints:
+    if cfg.trainer.save_checkpoints and dist.is_main:
         check_writable(ckpt_dir, checkpoint_bytes(model, cfg.optimizer.name))
     epoch, step, best_val_acc, progress, generator_state, resumed = 0, 0, -1.0, EpochProgress(), None, {}
     found = find_checkpoint(cfg.trainer.resume, ckpt_dir / "last.pt")
@@ -128,7 +141,7 @@ def train(dict_cfg: DictConfig) -> float:
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         epoch, step, best_val_acc = resumed["epoch"], resumed["step"], resumed["best_val_acc"]
-        progress = EpochProgress(**resumed["progress"])
+        progress = EpochProgress.from_state(resumed["progress"], dist)
         generator_state = restore_rng_state(resumed["rng"])
         if epoch >= cfg.trainer.epochs:
             log.info("resuming from %s: all %d epochs are done, only the final test runs again", path, epoch)
@@ -141,16 +154,23 @@ def train(dict_cfg: DictConfig) -> float:
                 "overrides": list(HydraConfig.get().overrides.task)}
     tracker = Tracker(run_dir, config, cfg.wandb.mode.value, cfg.wandb.project, cfg.wandb.entity, group,
                       cfg.wandb.tags, name, init_timeout=cfg.wandb.init_timeout,
-                      resume_id=resumed.get("run", {}).get("wandb_run_id"), keep_lines=resumed.get("metrics_lines"))
+                      resume_id=resumed.get("run", {}).get("wandb_run_id"),
+                      keep_lines=resumed.get("metrics_lines")) if dist.is_main else NullTracker()
+    # DDP averages gradients over ranks; its broadcast at wrap time makes every rank start from rank 0's weights.
+    ddp_model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if dist.active else model
     run_info["wandb_run_id"] = tracker.run_id
     if cfg.wandb.watch:
         tracker.watch(model, cfg.wandb.watch_log_freq)
 
     def save_last(step: int, progress: EpochProgress) -> None:
-        """Everything needed to continue as if nothing happened."""
+        """Everything needed to continue as if nothing happened (rank 0 writes it; a collective with DDP)."""
+        progress_state = progress.state_dict(dist)
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress_state,
             "best_val_acc": best_val_acc,
             # the data generator's position matters mid-epoch only: a new epoch seeds its own
             "rng": rng_state(train_loader.generator_state() if progress.batch else None),
@@ -162,13 +182,13 @@ def train(dict_cfg: DictConfig) -> float:
             while epoch < cfg.trainer.epochs and not signals.requested():
                 epoch_start = time.perf_counter()
                 train_stats, step = train_one_epoch(
-                    model, train_loader, optimizer, scheduler, scaler, device, cfg.trainer, epoch, step, progress,
-                    tracker.log, generator_state, save_last if cfg.trainer.save_checkpoints else None,
-                    signals.requested)
+                    ddp_model, train_loader, optimizer, scheduler, scaler, device, cfg.trainer, epoch, step,
+                    progress, tracker.log, generator_state, save_last if cfg.trainer.save_checkpoints else None,
+                    signals.requested, dist)
                 generator_state = None
                 if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
                     break
-                val = evaluate(model, val_loader, device, precision)
+                val = evaluate(model, val_loader, device, precision, dist)
                 improved = val["acc"] > best_val_acc
                 best_val_acc = max(best_val_acc, val["acc"])
                 epoch, progress = epoch + 1, EpochProgress()
@@ -181,7 +201,7 @@ def train(dict_cfg: DictConfig) -> float:
                          time.perf_counter() - epoch_start)
                 if cfg.trainer.save_checkpoints:
                     save_last(step, progress)
-                    if improved:
+                    if improved and dist.is_main:
                         save_checkpoint(ckpt_dir / "best.pt", {
                             "model": model.state_dict(), "epoch": epoch, "step": step, "val_acc": val["acc"],
                             "config": config, "classes": data.classes, "run": run_info}, keep_previous=False)
@@ -194,6 +214,14 @@ def train(dict_cfg: DictConfig) -> float:
                         if cfg.trainer.save_checkpoints else "checkpoints are off (trainer.save_checkpoints=false)")
             signals.stop()
 
+        if dist.active:  # a cheap check that DDP kept every rank's weights identical
+            digests = dist.gather(_digest(model.state_dict()))
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
+            log.info("all %d ranks hold identical weights (sha256 %s)", dist.world_size, digests[0][:16])
+        if not dist.is_main:  # rank 0 scores the test split and logs for all
+            exit_code = 0
+            return best_val_acc
         if cfg.trainer.save_checkpoints:
             best_state = load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"]
         model.load_state_dict(best_state or model.state_dict())

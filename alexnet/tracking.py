@@ -197,3 +197,27 @@ class Tracker:
         self._wandb("finish", lambda run: run.finish(exit_code=exit_code))
         self.run = None
         self.metrics.close()
+
+
+class NullTracker:
+    """What ranks other than 0 track with under DDP: nothing (rank 0 logs for all)."""
+
+    mode, run_id, lines = "disabled", None, 0
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def summary(self, metrics: dict) -> None:
+        pass
+
+    def watch(self, model, log_freq: int) -> None:
+        pass
+
+    def log_test_results(self, *args, **kwargs) -> None:
+        pass
+
+    def log_model(self, *args, **kwargs) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass

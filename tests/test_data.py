@@ -64,7 +64,8 @@ def test_augmentation_differs_per_image():
 
 def test_random_crop_is_a_shifted_window_of_the_padded_image():
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    out = random_crop(images, 2, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(images, 2, torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g))
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for i in range(2):
         windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
@@ -90,6 +91,16 @@ def test_an_epoch_continues_exactly_from_a_saved_generator_state():
     state = first.generator_state()
     rest = [x for x, _ in loader(ds.train, seed=5).batches(epoch=2, start=3, generator_state=state)]
     assert len(rest) == len(full) - 3 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
+
+
+def test_ranks_share_out_the_global_batch_of_a_single_process():
+    ds = load_dataset(synthetic_cfg())
+    (single,) = [next(iter(loader(ds.train, seed=2).batches(epoch=1)))]
+    shares = [next(iter(loader(ds.train, seed=2, rank=r, world_size=2).batches(epoch=1))) for r in (0, 1)]
+    assert all(len(x) == 32 for x, _ in shares)
+    merged = torch.empty_like(single[0])
+    merged[0::2], merged[1::2] = shares[0][0], shares[1][0]
+    assert torch.equal(merged, single[0])  # the same images, with the same crops and flips
 
 
 def test_eval_loader_is_ordered_and_complete():
