@@ -184,22 +184,18 @@ def _label(row: Row, keys: list[str]) -> str:
     return ", ".join(f"{k}={row.values[k]}" for k in keys) or "all runs"
 
 
-def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
+def _figure(size: tuple[float, float]):
     import matplotlib
-    import matplotlib.ticker
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.get_cmap("tab10")
-    for i, row in enumerate(rows):
-        for j, run in enumerate(row.runs):
-            epochs = [e["epoch"] for e in run.epochs]
-            ax.plot(epochs, [e["val/acc"] for e in run.epochs], color=colours(i % 10), marker="o", markersize=3,
-                    alpha=0.85, label=_label(row, keys) if j == 0 else None)
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per run")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return plt.subplots(figsize=size)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -208,13 +204,23 @@ def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
     return path
 
 
+def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
+    import matplotlib.ticker
+
+    fig, ax = _figure((7, 4.5))
+    colours = matplotlib.colormaps["tab10"]
+    for i, row in enumerate(rows):
+        for j, run in enumerate(row.runs):
+            epochs = [e["epoch"] for e in run.epochs]
+            ax.plot(epochs, [e["val/acc"] for e in run.epochs], color=colours(i % 10), marker="o", markersize=3,
+                    alpha=0.85, label=_label(row, keys) if j == 0 else None)
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per run")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return _save(fig, ax, path)
+
+
 def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
     """Final test accuracy of every run against one varied value, with the mean per value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points: dict = {}
     for row in rows:
         for run in row.runs:
@@ -223,7 +229,7 @@ def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     values = sorted(values) if numeric else sorted(values, key=str)
     xs = values if numeric else list(range(len(values)))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure((6, 4))
     for x, value in zip(xs, values):
         ax.scatter([x] * len(points[value]), points[value], color="tab:blue", alpha=0.6, s=20)
     # A line joins means of numeric values only: between categories it would suggest a trend.
@@ -233,12 +239,7 @@ def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
         ax.set_xticks(xs, [str(v) for v in values])
         ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 # ---------------------------------------------------------------------------------------------- writing
