@@ -372,8 +372,8 @@ def exit_on_user_error() -> Iterator[None]:
     except (UserError, HydraException, OmegaConfBaseException) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        message, cause = str(e), e.__cause__
-        while cause is not None:  # Hydra wraps the informative OmegaConf error
+        message, cause = str(e), None if isinstance(e, UserError) else e.__cause__
+        while cause is not None:  # Hydra wraps the informative OmegaConf error; ours say it all
             message, cause = f"{message}\n{cause}", cause.__cause__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
