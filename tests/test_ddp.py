@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from alexnet.checkpoint import load_checkpoint
 from conftest import run_cli
