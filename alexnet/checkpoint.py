@@ -25,7 +25,7 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be written or read."""
 
 
-def _digest(state) -> str:
+def digest(state) -> str:
     """SHA-256 over the content in a fixed order: tensors by dtype, shape and bytes, other values by repr."""
     h = hashlib.sha256()
 
@@ -66,7 +66,7 @@ def save_checkpoint(path: Path, state: dict, keep_previous: bool = True) -> None
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({**state, DIGEST_KEY: _digest(state)}, f)
+            torch.save({**state, DIGEST_KEY: digest(state)}, f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():
@@ -90,7 +90,7 @@ def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False, verify: 
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint: "
                               f"{type(e).__name__}: {str(e).splitlines()[0]})") from e
-    if verify and DIGEST_KEY in state and _digest(state) != state[DIGEST_KEY]:
+    if verify and DIGEST_KEY in state and digest(state) != state[DIGEST_KEY]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its SHA-256 digest")
     return state
 

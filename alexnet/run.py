@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet.checkpoint import check_writable, load_checkpoint, load_latest, save_checkpoint
 from alexnet.config import CONF_DIR, Config, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
 from alexnet import distributed
-from alexnet.checkpoint import _digest
+from alexnet.checkpoint import digest
 from alexnet.data import Loader, load_dataset
 from alexnet.distributed import Dist
 from alexnet.engine import EpochProgress, evaluate, train_one_epoch
@@ -156,12 +156,12 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
                       cfg.wandb.tags, name, init_timeout=cfg.wandb.init_timeout,
                       resume_id=resumed.get("run", {}).get("wandb_run_id"),
                       keep_lines=resumed.get("metrics_lines")) if dist.is_main else NullTracker()
-    # DDP averages gradients over ranks; its broadcast at wrap time makes every rank start from rank 0's weights.
-    ddp_model = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if dist.active else model
     run_info["wandb_run_id"] = tracker.run_id
     if cfg.wandb.watch:
         tracker.watch(model, cfg.wandb.watch_log_freq)
+    # DDP averages gradients over ranks; its broadcast at wrap time makes every rank start from rank 0's weights.
+    ddp_model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if dist.active else model
 
     def save_last(step: int, progress: EpochProgress) -> None:
         """Everything needed to continue as if nothing happened (rank 0 writes it; a collective with DDP)."""
@@ -215,7 +215,7 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
             signals.stop()
 
         if dist.active:  # a cheap check that DDP kept every rank's weights identical
-            digests = dist.gather(_digest(model.state_dict()))
+            digests = dist.gather(digest(model.state_dict()))
             if len(set(digests)) != 1:
                 raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
             log.info("all %d ranks hold identical weights (sha256 %s)", dist.world_size, digests[0][:16])
