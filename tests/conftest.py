@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+MPL_CACHE = str(Path(tempfile.gettempdir()) / "alexnet-tests-matplotlib")
 SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
 
 # A small, fast, learnable set-up for end-to-end runs on a CPU.
@@ -25,7 +27,8 @@ def shared() -> Path:
 
 def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
     """`python -m alexnet.<module> args` in `cwd`, as a user would run it; never touches the repo's outputs/."""
-    environ = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cwd / "cache")}
+    environ = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cwd / "cache"),
+               "MPLCONFIGDIR": MPL_CACHE}  # matplotlib builds its font cache once, not in every test
     environ.pop("WANDB_MODE", None)
     environ.update(env)
     return subprocess.run([sys.executable, "-m", f"alexnet.{module}", *args], cwd=cwd, env=environ,

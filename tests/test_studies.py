@@ -76,7 +76,7 @@ def test_launcher_runs_a_sweep_into_one_wandb_group(cli, launcher):
 
 
 def test_optuna_search_of_three_trials_reports_the_best(cli):
-    result = cli("-m", "+experiment=search", *SMALL_SWEEP, "hydra.sweeper.n_trials=3",
+    result = cli("-m", "+experiment=search", *SMALL_SWEEP, "trainer.epochs=1", "hydra.sweeper.n_trials=3",
                  "hydra.sweeper.study_name=test_search", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Best parameters:" in result.stdout and "Best value:" in result.stdout
