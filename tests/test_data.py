@@ -9,7 +9,7 @@ from PIL import Image
 
 from alexnet import data as data_module
 from alexnet.config import compose, to_typed
-from alexnet.data import DataError, Loader, Split, load_dataset, random_crop, split_train_val
+from alexnet.data import DataError, Loader, Split, crop_and_flip, load_dataset, split_train_val
 
 
 def synthetic_cfg(*overrides):
@@ -62,14 +62,15 @@ def test_augmentation_differs_per_image():
     assert len(distinct) > 20  # 81 crops x 2 flips possible
 
 
-def test_random_crop_is_a_shifted_window_of_the_padded_image():
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    g = torch.Generator().manual_seed(0)
-    out = random_crop(images, 2, torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g))
+def test_crop_and_flip_is_a_window_of_the_padded_image_mirrored_where_asked():
+    images = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).view(4, 3, 8, 8)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
-    for i in range(2):
-        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
-        assert any(torch.equal(out[i], w) for w in windows)
+    dy, dx, flip = torch.tensor([0, 4, 2, 1]), torch.tensor([3, 0, 2, 4]), torch.tensor([False, True, True, False])
+    out = crop_and_flip(padded, 8, dy, dx, flip)
+    for i in range(4):
+        window = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        assert torch.equal(out[i], window.flip(2) if flip[i] else window)
+    assert torch.equal(out[2], images[2].flip(2))  # centred: the image itself
 
 
 def test_same_seed_same_batches_other_seed_or_epoch_differs():
