@@ -49,6 +49,7 @@ class Device(Enum):
 
 
 class Precision(Enum):
+    auto = "auto"  # bf16 on a GPU that supports it (fp16 on one that does not), fp32 on the CPU
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -62,6 +63,20 @@ class Strategy(Enum):
 class OnNonFinite(Enum):
     stop = "stop"  # stop the run, keeping the last good checkpoint
     skip = "skip"  # skip the batch (costs one host sync per step) and count it
+
+
+class OptimizerImpl(Enum):
+    auto = "auto"  # fused where torch has fused kernels for the device (CUDA, CPU), else torch's default
+    default = "default"  # torch's default: foreach on CUDA, for_loop on the CPU
+    fused = "fused"  # one kernel for the whole update
+    foreach = "foreach"  # a few kernels over lists of tensors
+    for_loop = "for_loop"  # one parameter at a time (the reference implementation)
+
+
+class LRScaling(Enum):
+    none = "none"  # optimizer.lr as given, whatever the batch size
+    linear = "linear"  # lr * batch_size / base_batch_size (Goyal et al. 2017; SGD)
+    sqrt = "sqrt"  # lr * sqrt(batch_size / base_batch_size) (adaptive optimizers)
 
 
 class WandbMode(Enum):
@@ -152,12 +167,16 @@ class SyntheticConfig(DataConfig):
 @dataclass
 class OptimizerConfig:
     name: str = MISSING
-    lr: float = 0.01
+    lr: float = 0.01  # at base_batch_size; see lr_scaling
     weight_decay: float = 0.0
+    lr_scaling: LRScaling = LRScaling.none  # how lr follows data.batch_size away from base_batch_size
+    base_batch_size: int = 128
+    impl: OptimizerImpl = OptimizerImpl.auto
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optimizer.lr", self.lr, "a positive learning rate")
         _check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a float >= 0")
+        _check(self.base_batch_size >= 1, "optimizer.base_batch_size", self.base_batch_size, "an integer >= 1")
 
 
 @dataclass
@@ -232,7 +251,14 @@ class CosineSchedulerConfig(SchedulerConfig):
 class TrainerConfig:
     epochs: int = 30
     device: Device = Device.auto  # auto: cuda when available, else cpu
-    precision: Precision = Precision.fp32  # bf16/fp16 run the forward pass under torch.autocast
+    precision: Precision = Precision.auto  # bf16/fp16 run the forward pass under torch.autocast
+    # The fast path (alexnet/performance.py; measured with `python -m alexnet.bench`).
+    channels_last: bool = True  # NHWC weights and activations: what tensor cores and oneDNN's fastest convs take
+    compile: bool = False  # torch.compile the model: faster steps after a one-off warm-up (see README)
+    cudnn_benchmark: bool = True  # cuDNN times its conv algorithms once per shape and keeps the fastest
+    tf32: bool = True  # TF32 tensor cores for fp32 matmuls and convs on CUDA
+    label_smoothing: float = 0.0
+    tta_hflip: bool = False  # validation and test average the logits of each image and its mirror image
     limit_batches: Optional[int] = None  # cap on batches per split and epoch, for quick checks
     log_every_n_steps: int = 10
     save_checkpoints: bool = True  # checkpoints/last.pt every epoch, checkpoints/best.pt by val/acc
@@ -255,6 +281,7 @@ class TrainerConfig:
                self.limit_batches, "null or an integer >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps,
                "an integer >= 1")
+        _check(0 <= self.label_smoothing < 1, "trainer.label_smoothing", self.label_smoothing, "a float in [0, 1)")
 
 
 @dataclass

@@ -15,13 +15,14 @@ from tqdm import tqdm
 from alexnet.config import UserError
 from alexnet.data import Loader
 from alexnet.distributed import Dist
+from alexnet.performance import resolve_precision
 
 log_line = logging.getLogger("alexnet").info
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str):
-    dtype = DTYPES[precision]
+    dtype = DTYPES[resolve_precision(precision, device)]
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
@@ -111,7 +112,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         lrs[step + 1] = lr
         with autocast(device, precision):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
         finite = torch.isfinite(loss.detach())
         if skip_nonfinite and not finite.item():
             progress.skipped += 1
@@ -171,9 +172,11 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
 
 
 @torch.no_grad()
-def evaluate(model, loader: Loader, device: torch.device, precision: str, dist: Dist = Dist()) -> dict:
+def evaluate(model, loader: Loader, device: torch.device, precision: str, dist: Dist = Dist(),
+             hflip: bool = False) -> dict:
     """Mean cross-entropy, accuracy, and each image's prediction and confidence (max softmax probability).
 
+    `hflip`: score the mean logits of each image and its mirror image (test-time augmentation).
     With a sharded loader (DDP) loss and accuracy are over all ranks; predictions are this rank's.
     """
     model.eval()
@@ -181,8 +184,9 @@ def evaluate(model, loader: Loader, device: torch.device, precision: str, dist: 
     predictions, confidences, targets = [], [], []
     for images, labels in loader:
         with autocast(device, precision):
-            logits = model(images)
-        logits = logits.float()
+            logits = model(images).float()
+            if hflip:
+                logits = (logits + model(images.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         confidence, prediction = logits.softmax(1).max(1)
         predictions.append(prediction)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import CONF_DIR, GROUP_SCHEMAS, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
 from alexnet.data import Loader, load_dataset
+from alexnet import performance
 from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
 from alexnet.models import model_from_config
 from alexnet.run import resolve_device
@@ -66,7 +67,8 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     cfg = to_typed(composed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = resolve_device(cfg.trainer.device.value)
-    precision = cfg.trainer.precision.value
+    cfg.trainer = performance.resolve(cfg.trainer, device)
+    performance.configure_backends(cfg.trainer)
     log.info("checkpoint: %s (epoch %s, val acc %.4f) | run dir: %s", cfg.ckpt, ckpt.get("epoch"),
              ckpt.get("val_acc", float("nan")), run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))
@@ -77,9 +79,11 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
                         f"{len(data.classes)}. Fix: evaluate on a data set with the checkpoint's classes.")
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
     model.load_state_dict(ckpt["model"])
+    model = performance.maybe_compile(performance.set_memory_format(model, cfg.trainer), cfg.trainer)
     loader = Loader(data.test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
-                    max_batches=cfg.trainer.limit_batches)
-    result = evaluate(model, loader, device, precision)
+                    max_batches=cfg.trainer.limit_batches, channels_last=cfg.trainer.channels_last)
+    log.info("fast path: %s", performance.describe(cfg.trainer))
+    result = evaluate(model, loader, device, cfg.trainer.precision.value, hflip=cfg.trainer.tta_hflip)
     confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))
     print_results(result, data.classes, confusion)
 

@@ -7,12 +7,34 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")  # where torch's SGD, Adam and AdamW have fused kernels
+
+
+def scaled_lr(cfg, batch_size: int) -> float:
+    """optimizer.lr, scaled for the batch size by `optimizer.lr_scaling` (lr is the rate at base_batch_size)."""
+    ratio = batch_size / cfg.base_batch_size
+    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling.value]
+
+
+def implementation(impl: str, device: torch.device) -> dict:
+    """Keyword arguments that pick the update's implementation. `auto` is fused where torch has the kernels:
+    measured faster on CUDA and CPU alike, and with fp16 it reads the gradient scaler's state on the device
+    instead of waiting for it on the host."""
+    if impl == "auto":
+        impl = "fused" if device.type in FUSED_DEVICES else "default"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False},
+            "default": {}}[impl]
+
+
+def build_optimizer(cfg, params, batch_size: int | None = None,
+                    device: torch.device = torch.device("cpu")) -> torch.optim.Optimizer:
+    lr = scaled_lr(cfg, batch_size) if batch_size else cfg.lr
+    impl = implementation(cfg.impl.value, device)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov, **impl)
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
-    return adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return adam(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **impl)
 
 
 def lr_factor(step: int, cfg, steps_per_epoch: int, total_steps: int) -> float:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet.checkpoint import check_writable, load_checkpoint, load_latest, save_checkpoint
 from alexnet.config import CONF_DIR, Config, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
-from alexnet import distributed
+from alexnet import distributed, performance
 from alexnet.checkpoint import digest
 from alexnet.data import Loader, load_dataset
 from alexnet.distributed import Dist
@@ -62,7 +62,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def make_loaders(cfg: Config, data, device: torch.device, dist: Dist) -> tuple[Loader, Loader, Loader]:
     """Train and val are shared out between DDP ranks; the test split is scored whole, on rank 0."""
     d, limit = cfg.data, cfg.trainer.limit_batches
-    common = dict(input_size=cfg.model.input_size, mean=d.mean, std=d.std, device=device, max_batches=limit)
+    common = dict(input_size=cfg.model.input_size, mean=d.mean, std=d.std, device=device, max_batches=limit,
+                  channels_last=cfg.trainer.channels_last)
     ranks = dict(rank=dist.rank, world_size=dist.world_size)
     train = Loader(data.train, d.batch_size, train=True, random_crop=d.random_crop, crop_padding=d.crop_padding,
                    hflip=d.hflip, seed=cfg.seed, **common, **ranks)
@@ -105,6 +106,7 @@ def find_checkpoint(resume: str, last: Path) -> tuple[dict, Path] | None:
 def train(dict_cfg: DictConfig) -> float:
     cfg = to_typed(dict_cfg)
     dist, device = distributed.setup(cfg.trainer.strategy.value, resolve_device(cfg.trainer.device.value))
+    cfg.trainer = performance.resolve(cfg.trainer, device)  # auto switches -> what they mean on this device
     try:
         return train_on(cfg, dict_cfg, dist, device)
     finally:
@@ -115,24 +117,29 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
     run_dir = Path(dist.broadcast(HydraConfig.get().runtime.output_dir))  # rank 0's: one run dir
     precision = cfg.trainer.precision.value
     log.info("config:\n%s", OmegaConf.to_yaml(dict_cfg, resolve=True))
-    log.info("run dir: %s | device: %s | precision: %s%s", run_dir, device, precision,
+    log.info("run dir: %s | device: %s%s", run_dir, device,
              f" | rank {dist.rank} of {dist.world_size}" if dist.active else "")
+    log.info("fast path: %s", performance.describe(cfg.trainer))
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
+    performance.configure_backends(cfg.trainer)
     data = load_dataset(cfg.data)
     train_loader, val_loader, test_loader = make_loaders(cfg, data, device, dist)
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)  # the network itself
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    performance.set_memory_format(model, cfg.trainer)  # before the optimizer allocates state like it
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.data.batch_size, device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, len(train_loader), cfg.trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     num_params = count_parameters(model)
-    log.info("%s: %s parameters | data: %d train, %d val, %d test images, %d classes", cfg.model.arch,
-             f"{num_params:,}", len(data.train), len(data.val), len(data.test), len(data.classes))
+    log.info("%s: %s parameters | data: %d train, %d val, %d test images, %d classes | lr %.4g at batch %d",
+             cfg.model.arch, f"{num_params:,}", len(data.train), len(data.val), len(data.test), len(data.classes),
+             optimizer.param_groups[0]["initial_lr"], cfg.data.batch_size)
 
     ckpt_dir = run_dir / "checkpoints"
     if cfg.trainer.save_checkpoints and dist.is_main:
         check_writable(ckpt_dir, checkpoint_bytes(model, cfg.optimizer.name))
     epoch, step, best_val_acc, progress, generator_state, resumed = 0, 0, -1.0, EpochProgress(), None, {}
+    trained_seconds = 0.0  # training time of the finished epochs, evaluation excluded: for time-to-accuracy
     found = find_checkpoint(cfg.trainer.resume, ckpt_dir / "last.pt")
     if found:
         resumed, path = found
@@ -141,6 +148,7 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         epoch, step, best_val_acc = resumed["epoch"], resumed["step"], resumed["best_val_acc"]
+        trained_seconds = resumed.get("trained_seconds", 0.0)
         progress = EpochProgress.from_state(resumed["progress"], dist)
         generator_state = restore_rng_state(resumed["rng"])
         if epoch >= cfg.trainer.epochs:
@@ -150,6 +158,7 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
 
     name, group = run_name_and_group(cfg)
     config = to_dict(dict_cfg)
+    config["trainer"] = to_dict(cfg.trainer)  # as it ran: precision and channels_last without `auto`
     run_info = {"name": name, "group": group, "project": cfg.wandb.project, "entity": cfg.wandb.entity,
                 "overrides": list(HydraConfig.get().overrides.task)}
     tracker = Tracker(run_dir, config, cfg.wandb.mode.value, cfg.wandb.project, cfg.wandb.entity, group,
@@ -162,6 +171,8 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
     # DDP averages gradients over ranks; its broadcast at wrap time makes every rank start from rank 0's weights.
     ddp_model = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if dist.active else model
+    step_model = performance.maybe_compile(ddp_model, cfg.trainer)  # shares its parameters with `model`
+    eval_model = step_model if not dist.active else performance.maybe_compile(model, cfg.trainer)
 
     def save_last(step: int, progress: EpochProgress) -> None:
         """Everything needed to continue as if nothing happened (rank 0 writes it; a collective with DDP)."""
@@ -171,7 +182,7 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
         save_checkpoint(ckpt_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress_state,
-            "best_val_acc": best_val_acc,
+            "best_val_acc": best_val_acc, "trained_seconds": trained_seconds,
             # the data generator's position matters mid-epoch only: a new epoch seeds its own
             "rng": rng_state(train_loader.generator_state() if progress.batch else None),
             "metrics_lines": tracker.lines, "config": config, "classes": data.classes, "run": run_info})
@@ -182,18 +193,19 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
             while epoch < cfg.trainer.epochs and not signals.requested():
                 epoch_start = time.perf_counter()
                 train_stats, step = train_one_epoch(
-                    ddp_model, train_loader, optimizer, scheduler, scaler, device, cfg.trainer, epoch, step,
+                    step_model, train_loader, optimizer, scheduler, scaler, device, cfg.trainer, epoch, step,
                     progress, tracker.log, generator_state, save_last if cfg.trainer.save_checkpoints else None,
                     signals.requested, dist)
                 generator_state = None
                 if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
                     break
-                val = evaluate(model, val_loader, device, precision, dist)
+                val = evaluate(eval_model, val_loader, device, precision, dist, cfg.trainer.tta_hflip)
                 improved = val["acc"] > best_val_acc
                 best_val_acc = max(best_val_acc, val["acc"])
                 epoch, progress = epoch + 1, EpochProgress()
+                trained_seconds += train_stats["train/time"]
                 tracker.log({**train_stats, "val/loss": val["loss"], "val/acc": val["acc"],
-                             "val/best_acc": best_val_acc, "epoch": epoch,
+                             "val/best_acc": best_val_acc, "epoch": epoch, "train/elapsed": trained_seconds,
                              "epoch_time": time.perf_counter() - epoch_start}, step)
                 log.info("epoch %d/%d | train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s | %.1fs",
                          epoch, cfg.trainer.epochs, train_stats["train/loss_epoch"], train_stats["train/acc"],
@@ -225,11 +237,12 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
         if cfg.trainer.save_checkpoints:
             best_state = load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"]
         model.load_state_dict(best_state or model.state_dict())
-        test = evaluate(model, test_loader, device, precision)
+        test = evaluate(eval_model, test_loader, device, precision, hflip=cfg.trainer.tta_hflip)
         log.info("test (best checkpoint, val acc %.4f): loss %.4f acc %.4f", best_val_acc, test["loss"], test["acc"])
         tracker.log_test_results(test, data.classes, data.test.images, step, cfg.wandb.sample_predictions)
         # val/acc's summary is W&B's running max (define_metric): writing it here would clobber it.
         summary = {"test/acc": test["acc"], "test/loss": test["loss"], "val/best_acc": best_val_acc,
+                   "train/elapsed": trained_seconds,
                    "params": num_params, "epochs": cfg.trainer.epochs, "steps": step}
         tracker.summary(summary)
         log_model = cfg.wandb.log_model if cfg.wandb.log_model is not None else tracker.mode == "online"

@@ -109,7 +109,8 @@ class Tracker:
     def _define_metrics(run) -> None:
         """Epoch-level charts use the epoch as x-axis; the summary keeps the best val/acc, not the last."""
         run.define_metric("epoch")
-        for key in ("val/*", "train/acc", "train/loss_epoch", "train/images_per_sec", "train/time", "epoch_time"):
+        for key in ("val/*", "train/acc", "train/loss_epoch", "train/images_per_sec", "train/time", "train/elapsed",
+                    "epoch_time"):
             run.define_metric(key, step_metric="epoch")
         run.define_metric("val/acc", step_metric="epoch", summary="max")
 

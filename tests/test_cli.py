@@ -61,7 +61,9 @@ def test_metrics_jsonl_is_the_complete_local_record(trained):
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["_step"] == 2 * steps_per_epoch
     for key in ["train/acc", "val/loss", "val/acc", "train/images_per_sec", "epoch_time"]:
         assert all(key in r for r in epochs), key
-    assert set(records[-2]["_summary"]) >= {"test/acc", "test/loss", "val/best_acc", "params"}
+    # train/elapsed: training seconds so far, the x-axis of time-to-accuracy
+    assert epochs[1]["train/elapsed"] == pytest.approx(epochs[0]["train/time"] + epochs[1]["train/time"])
+    assert set(records[-2]["_summary"]) >= {"test/acc", "test/loss", "val/best_acc", "params", "train/elapsed"}
     assert records[-1] == {"_exit": 0}
 
 
@@ -141,7 +143,7 @@ ERRORS = [  # (overrides, what the message must say, set-up of files in the work
     (["model.input_size=32"], "alexnet needs inputs of at least 67x67; use model.input_size>=67", None),
     (["model=alexnet_cifar", "model.input_size=8"], "alexnet_cifar needs inputs of at least 15x15", None),
     (["trainer.device=gpu"], "Invalid value 'gpu', expected one of [auto, cpu, cuda]", None),
-    (["trainer.precision=fp8"], "expected one of [fp32, bf16, fp16]", None),
+    (["trainer.precision=fp8"], "expected one of [auto, fp32, bf16, fp16]", None),
     (["trainer.on_nonfinite=ignore"], "expected one of [stop, skip]", None),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a positive learning rate", None),
     (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a float in [0, 1)", None),

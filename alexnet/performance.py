@@ -1,0 +1,65 @@
+"""The fast path: the trainer's speed switches, made concrete for a device and applied to torch and the model.
+
+Each switch is a trainer option (conf/trainer/default.yaml) with the default that measured fastest: channels_last
+everywhere; bf16 autocast, cuDNN autotuning and TF32 on CUDA; fp32 on the CPU (see `resolve_precision`).
+`python -m alexnet.bench` measures what each one gives, and tests/test_performance.py checks that no combination
+changes what the model computes beyond the precision's rounding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import torch
+from torch import nn
+
+from alexnet.config import ConfigError, Precision, TrainerConfig
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 on a GPU with bf16 support (fp16 on older ones), fp32 on the CPU.
+
+    The CPU keeps fp32 by default: autocast there is only fast on processors with bf16 matrix units, and
+    fp32 keeps CPU runs exact and comparable across machines. `trainer.precision=bf16` is there to try.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve(trainer: TrainerConfig, device: torch.device) -> TrainerConfig:
+    """The trainer config with `precision: auto` replaced by what it means on `device`."""
+    if trainer.compile and device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+        raise ConfigError("trainer.compile=true on the CPU needs a C++ compiler for torch.compile's generated "
+                          "code, and none was found (g++, or $CXX). Fix: install one (e.g. `apt-get install "
+                          "g++`) or drop trainer.compile=true.")
+    return dataclasses.replace(trainer, precision=Precision(resolve_precision(trainer.precision.value, device)))
+
+
+def configure_backends(trainer: TrainerConfig) -> None:
+    """Process-wide switches: cuDNN autotuning (off when deterministic kernels are asked for) and TF32."""
+    torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
+    # TF32 keeps fp32's range with a 10-bit mantissa: several times the fp32 matmul rate on tensor cores.
+    fp32_precision = "tf32" if trainer.tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = fp32_precision
+
+
+def describe(trainer: TrainerConfig) -> str:
+    """One line for the run's log."""
+    return (f"precision {trainer.precision.value} | channels_last {trainer.channels_last} | "
+            f"compile {trainer.compile} | cudnn_benchmark {trainer.cudnn_benchmark} | tf32 {trainer.tf32}")
+
+
+def set_memory_format(model: nn.Module, trainer: TrainerConfig) -> nn.Module:
+    """channels_last weights (in place, before the optimizer sees them) when the trainer asks for it."""
+    return model.to(memory_format=torch.channels_last) if trainer.channels_last else model
+
+
+def maybe_compile(model: nn.Module, trainer: TrainerConfig) -> nn.Module:
+    """torch.compile'd when asked: the first steps (and the first of each new batch shape or train/eval mode)
+    pay for compilation, tens of seconds for AlexNet; parameters stay shared with `model`."""
+    return torch.compile(model) if trainer.compile else model
