@@ -16,14 +16,18 @@ def scaled_lr(cfg, batch_size: int) -> float:
     return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling.value]
 
 
-def implementation(impl: str, device: torch.device) -> dict:
-    """Keyword arguments that pick the update's implementation. `auto` is fused where torch has the kernels:
-    measured faster on CUDA and CPU alike, and with fp16 it reads the gradient scaler's state on the device
-    instead of waiting for it on the host."""
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """`auto` is fused where torch has the kernels: measured faster on CUDA and CPU alike, and with fp16 it
+    reads the gradient scaler's state on the device instead of waiting for it on the host."""
     if impl == "auto":
-        impl = "fused" if device.type in FUSED_DEVICES else "default"
+        return "fused" if device.type in FUSED_DEVICES else "default"
+    return impl
+
+
+def implementation(impl: str, device: torch.device) -> dict:
+    """Keyword arguments that pick the update's implementation."""
     return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False},
-            "default": {}}[impl]
+            "default": {}}[resolve_impl(impl, device)]
 
 
 def build_optimizer(cfg, params, batch_size: int | None = None,
