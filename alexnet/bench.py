@@ -185,13 +185,13 @@ def parse_variants(names: list[str], overrides: list[str], device: torch.device)
 
 
 @contextlib.contextmanager
-def backend_flags(variant: Variant, torch_defaults: dict) -> Iterator[None]:
+def backend_flags(variant: Variant, torch_defaults: dict, device: torch.device) -> Iterator[None]:
     """The seed runs with torch's default flags; bare and ours with the trainer's (restored afterwards)."""
     saved = current_backend_flags()
     if variant.base == "seed":
         set_backend_flags(torch_defaults)
     else:
-        performance.configure_backends(variant.cfg.trainer)
+        performance.configure_backends(variant.cfg.trainer, device)
     try:
         yield
     finally:
@@ -325,6 +325,8 @@ def run(args: argparse.Namespace) -> dict:
     torch_defaults = current_backend_flags()
     base = to_typed(compose(args.overrides))
     device = resolve_device(base.trainer.device.value)
+    # Process-wide, before anything runs, so that the seed-style loop (and its workers) get it too.
+    reused = performance.reuse_freed_memory() if device.type == "cpu" else None
     names = args.variants.split(",") if args.variants else (
         ["seed", "bare", "ours"] + (["ours+compile=true"] if device.type == "cuda" else []))
     names = [] if names == ["none"] else names
@@ -340,7 +342,7 @@ def run(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(0)
     split = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
                   torch.randint(0, 10, (n,), generator=generator))
-    result = {"machine": machine(device), "model": dataclasses.asdict(base.model), "batch_size": batch,
+    result = {"machine": {**machine(device), "cpu_allocator_keeps_freed_memory": reused}, "model": dataclasses.asdict(base.model), "batch_size": batch,
               "input_size": base.model.input_size, "steps": args.steps, "warmup": args.warmup,
               "repeats": args.repeats, "workers": args.workers, "overrides": args.overrides,
               "flops_per_image": train_flops_per_image(base), "data": {}, "train": {}}
@@ -360,13 +362,13 @@ def run(args: argparse.Namespace) -> dict:
         print(f"data {name}: {figures['images_per_s']:,.0f} images/s", file=sys.stderr)
 
     precisions = {v.cfg.trainer.precision.value for v in variants}
-    with backend_flags(Variant("ours", "ours", ours_cfg), torch_defaults):  # fp32: TF32 when the trainer has it
+    with backend_flags(Variant("ours", "ours", ours_cfg), torch_defaults, device):  # fp32: TF32 when the trainer has it
         result["peak_tflops"] = {p: matmul_peak_tflops(DTYPES[p], device, args.repeats) for p in precisions}
     for variant in variants:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        with backend_flags(variant, torch_defaults):
+        with backend_flags(variant, torch_defaults, device):
             segments = train_segments(variant, split, device, args.steps, args.workers)
             figures = measure(segments, device, args.warmup, args.repeats)
             segments.close()

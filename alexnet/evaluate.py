@@ -68,7 +68,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = resolve_device(cfg.trainer.device.value)
     cfg.trainer = performance.resolve(cfg.trainer, device)
-    performance.configure_backends(cfg.trainer)
+    performance.configure_backends(cfg.trainer, device)
     log.info("checkpoint: %s (epoch %s, val acc %.4f) | run dir: %s", cfg.ckpt, ckpt.get("epoch"),
              ckpt.get("val_acc", float("nan")), run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))

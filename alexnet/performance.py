@@ -7,9 +7,11 @@ changes what the model computes beyond the precision's rounding.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import shutil
+import sys
 
 import torch
 from torch import nn
@@ -39,13 +41,34 @@ def resolve(trainer: TrainerConfig, device: torch.device) -> TrainerConfig:
     return dataclasses.replace(trainer, precision=Precision(resolve_precision(trainer.precision.value, device)))
 
 
-def configure_backends(trainer: TrainerConfig) -> None:
-    """Process-wide switches: cuDNN autotuning (off when deterministic kernels are asked for) and TF32."""
+def configure_backends(trainer: TrainerConfig, device: torch.device) -> None:
+    """Process-wide switches: cuDNN autotuning (off when deterministic kernels are asked for), TF32, and on the
+    CPU an allocator that keeps freed memory for the next step."""
+    if device.type == "cpu":
+        reuse_freed_memory()
     torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
     # TF32 keeps fp32's range with a 10-bit mantissa: several times the fp32 matmul rate on tensor cores.
     fp32_precision = "tf32" if trainer.tf32 else "ieee"
     torch.backends.cuda.matmul.fp32_precision = fp32_precision
     torch.backends.cudnn.conv.fp32_precision = fp32_precision
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc keep large freed blocks in the heap instead of returning them to the OS.
+
+    By default glibc maps every block over 32 MB (a 224x224 batch, a conv's activations) afresh and unmaps it
+    when freed, so each step page-faults its memory back in: about 20 ms per 77 MB batch on this project's CPU.
+    Measured with alexnet.bench at 224: the data pipeline 1.4x and the training step 1.1x faster with this
+    (what jemalloc or tcmalloc would also give). Skipped where another allocator is preloaded or off glibc.
+    """
+    if sys.platform != "linux" or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, say): leave the allocator alone
+        return False
 
 
 def describe(trainer: TrainerConfig) -> str:

@@ -122,7 +122,7 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
     log.info("fast path: %s", performance.describe(cfg.trainer))
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    performance.configure_backends(cfg.trainer)
+    performance.configure_backends(cfg.trainer, device)
     data = load_dataset(cfg.data)
     train_loader, val_loader, test_loader = make_loaders(cfg, data, device, dist)
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)  # the network itself

@@ -2,6 +2,7 @@
 implementations against each other, the lr rule, the loader's layout, and `python -m alexnet.bench`."""
 import itertools
 import json
+import platform
 import sys
 import warnings
 
@@ -92,10 +93,10 @@ def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, benchmark):
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     state = build_model("alexnet", input_size=67, width=0.25, dropout=0.0).state_dict()
-    performance.configure_backends(trainer(cuda, "tf32=false", "cudnn_benchmark=false"))
+    performance.configure_backends(trainer(cuda, "tf32=false", "cudnn_benchmark=false"), cuda)
     reference = logits_and_grads("alexnet", cuda, trainer(cuda, "precision=fp32", "channels_last=false"), state)
     fast = trainer(cuda, "precision=fp32", f"tf32={tf32}", f"cudnn_benchmark={benchmark}")
-    performance.configure_backends(fast)
+    performance.configure_backends(fast, cuda)
     for value, expected in zip(logits_and_grads("alexnet", cuda, fast, state), reference):
         assert relative_error(value, expected) < 5e-3  # TF32: 10 mantissa bits
 
@@ -280,3 +281,10 @@ def test_bench_errors_name_the_fix(cli, args, message):
 def test_bench_rejects_bad_numbers(cli):
     result = cli("--steps", "0", module="bench")
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_cpu_allocator_keeps_freed_memory_unless_another_allocator_is_preloaded(monkeypatch):
+    assert performance.reuse_freed_memory() is True
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert performance.reuse_freed_memory() is False
