@@ -41,7 +41,7 @@ from alexnet.data import Loader, Split
 from alexnet.engine import EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config
 from alexnet.optim import build_optimizer, build_scheduler, resolve_impl
-from alexnet.run import resolve_device
+from alexnet.train import resolve_device
 
 DATA_VARIANTS = ("seed", "ours")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -454,8 +454,12 @@ def main(argv: list[str] | None = None) -> None:
         result = run(args)
     print_tables(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1))
+        except OSError as e:  # the table above still holds the figures
+            print(f"error: cannot write --json {args.json}: {e}. Fix: pass a writable path.", file=sys.stderr)
+            sys.exit(2)
         print(f"figures written to {args.json}")
 
 

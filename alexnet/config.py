@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from alexnet.models import ARCHS, min_input_size
+from alexnet.archs import ARCHS, min_input_size
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

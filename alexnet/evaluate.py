@@ -21,7 +21,7 @@ from alexnet.data import Loader, load_dataset
 from alexnet import performance
 from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
 from alexnet.models import model_from_config
-from alexnet.run import resolve_device
+from alexnet.train import resolve_device
 from alexnet.tracking import Tracker
 
 log = logging.getLogger("alexnet")

@@ -10,14 +10,19 @@ import os
 import random
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 
 def rng_state(data_generator_state: torch.Tensor | None) -> dict:
     """Every random state training draws from: python, numpy, torch (CPU and CUDA) and the data order."""
+    import numpy as np  # here, not at the top: the run-dir resolver below is used before torch is needed
+    import torch
+
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
@@ -28,6 +33,9 @@ def rng_state(data_generator_state: torch.Tensor | None) -> dict:
 
 def restore_rng_state(state: dict) -> torch.Tensor | None:
     """Restore what `rng_state` saved; returns the data generator's state for the loader."""
+    import numpy as np
+    import torch
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]

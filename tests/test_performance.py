@@ -3,7 +3,6 @@ implementations against each other, the lr rule, the loader's layout, and `pytho
 import itertools
 import json
 import platform
-import sys
 import warnings
 
 import pytest
