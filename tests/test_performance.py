@@ -72,7 +72,7 @@ def switch_params():
                               f"{'-compiled' if compiled else ''}")
 
 
-@pytest.mark.parametrize("arch,device,precision,channels_last,compiled", switch_params())
+@pytest.mark.parametrize("arch,device,precision,channels_last,compiled", list(switch_params()))
 def test_every_switch_combination_computes_the_same_function(arch, device, precision, channels_last, compiled):
     torch.manual_seed(0)
     state = build_model(arch, input_size=SIZES[arch], width=0.25, dropout=0.0).state_dict()
