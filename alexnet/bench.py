@@ -18,7 +18,6 @@ and reports the median. Images are random uint8 at CIFAR-10's 32x32: no step's c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import itertools
@@ -38,13 +37,12 @@ import torch.nn.functional as F
 from alexnet import performance
 from alexnet.config import Config, OptimizerImpl, Precision, UserError, compose, exit_on_user_error, to_typed
 from alexnet.data import Loader, Split
-from alexnet.engine import EpochProgress, autocast, train_one_epoch
+from alexnet.engine import DTYPES, EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config
 from alexnet.optim import build_optimizer, build_scheduler, resolve_impl
 from alexnet.train import resolve_device
 
 DATA_VARIANTS = ("seed", "ours")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BASES = ("seed", "bare", "ours")
 SHORTHANDS = {"model": "model", "input_size": "model.input_size", "batch_size": "data.batch_size",
               "device": "trainer.device", "precision": "trainer.precision"}
@@ -184,18 +182,12 @@ def parse_variants(names: list[str], overrides: list[str], device: torch.device)
     return variants
 
 
-@contextlib.contextmanager
-def backend_flags(variant: Variant, torch_defaults: dict, device: torch.device) -> Iterator[None]:
-    """The seed runs with torch's default flags; bare and ours with the trainer's (restored afterwards)."""
-    saved = current_backend_flags()
+def use_backend_flags(variant: Variant, torch_defaults: dict, device: torch.device) -> None:
+    """The seed runs with torch's default flags; bare and ours with their trainer's."""
     if variant.base == "seed":
         set_backend_flags(torch_defaults)
     else:
         performance.configure_backends(variant.cfg.trainer, device)
-    try:
-        yield
-    finally:
-        set_backend_flags(saved)
 
 
 def current_backend_flags() -> dict:
@@ -254,7 +246,7 @@ def train_segments(variant: Variant, split: Split, device: torch.device, steps: 
     def ours() -> Iterator[int]:
         step = 0
         for epoch in itertools.count():
-            stats, step = train_one_epoch(step_model, loader, optimizer, scheduler, scaler, device, trainer, epoch,
+            _, step = train_one_epoch(step_model, loader, optimizer, scheduler, scaler, device, trainer, epoch,
                                           step, EpochProgress(), lambda metrics, step: None)
             yield len(loader) * loader.batch_size
 
@@ -362,18 +354,19 @@ def run(args: argparse.Namespace) -> dict:
         print(f"data {name}: {figures['images_per_s']:,.0f} images/s", file=sys.stderr)
 
     precisions = {v.cfg.trainer.precision.value for v in variants}
-    with backend_flags(Variant("ours", "ours", ours_cfg), torch_defaults, device):  # fp32: TF32 when the trainer has it
-        result["peak_tflops"] = {p: matmul_peak_tflops(DTYPES[p], device, args.repeats) for p in precisions}
+    use_backend_flags(Variant("ours", "ours", ours_cfg), torch_defaults, device)  # fp32: TF32 if the trainer has it
+    result["peak_tflops"] = {p: matmul_peak_tflops(DTYPES[p] or torch.float32, device, args.repeats)
+                             for p in precisions}
     for variant in variants:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        with backend_flags(variant, torch_defaults, device):
-            segments = train_segments(variant, split, device, args.steps, args.workers)
-            figures = measure(segments, device, args.warmup, args.repeats)
-            segments.close()
-            del segments
-            gc.collect()
+        use_backend_flags(variant, torch_defaults, device)
+        segments = train_segments(variant, split, device, args.steps, args.workers)
+        figures = measure(segments, device, args.warmup, args.repeats)
+        segments.close()
+        del segments
+        gc.collect()
         trainer = variant.cfg.trainer
         precision = trainer.precision.value
         achieved = figures["images_per_s"] * result["flops_per_image"] / 1e12

@@ -245,7 +245,7 @@ class Loader:
         """Random crop offsets and flips for a whole (global) batch of n images."""
         if generator is None:
             return {}
-        draws, device, span = {}, self.device, 2 * self.crop_padding + 1
+        draws, device, span = {}, self.device, 2 * self.padding + 1
         if self.padding:
             draws["dy"] = torch.randint(0, span, (n,), generator=generator, device=device)
             draws["dx"] = torch.randint(0, span, (n,), generator=generator, device=device)

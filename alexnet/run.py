@@ -57,15 +57,16 @@ class SweepSummary(Callback):
 def main(dict_cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with exit_on_user_error():
-            to_typed(dict_cfg)  # every config check, before torch is imported
+            cfg = to_typed(dict_cfg)  # every config check, before torch is imported
             from alexnet.train import train
 
-            return train(dict_cfg)
+            return train(cfg, dict_cfg)
     # In a sweep a failed job is recorded and the others go on, unless fail_fast is set.
     try:
+        cfg = to_typed(dict_cfg)
         from alexnet.train import train
 
-        return train(dict_cfg)
+        return train(cfg, dict_cfg)
     except Exception as e:
         message = record_failure(dict_cfg, e)
         log.error("job failed: %s", message)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet import distributed, performance
 from alexnet.checkpoint import check_writable, digest, load_checkpoint, load_latest, save_checkpoint
-from alexnet.config import Config, ConfigError, to_dict, to_typed
+from alexnet.config import Config, ConfigError, to_dict
 from alexnet.data import Loader, load_dataset
 from alexnet.distributed import Dist
 from alexnet.engine import EpochProgress, evaluate, train_one_epoch
@@ -97,8 +97,8 @@ def find_checkpoint(resume: str, last: Path) -> tuple[dict, Path] | None:
     return load_checkpoint(Path(resume)), Path(resume)
 
 
-def train(dict_cfg: DictConfig) -> float:
-    cfg = to_typed(dict_cfg)
+def train(cfg: Config, dict_cfg: DictConfig) -> float:
+    """Train the run `cfg` (typed, from `to_typed(dict_cfg)`); `dict_cfg` is what gets logged."""
     dist, device = distributed.setup(cfg.trainer.strategy.value, resolve_device(cfg.trainer.device.value))
     cfg.trainer = performance.resolve(cfg.trainer, device)  # auto switches -> what they mean on this device
     try:

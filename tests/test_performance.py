@@ -16,6 +16,7 @@ from alexnet.data import Loader, synthetic_images
 from alexnet.engine import EpochProgress, autocast, train_one_epoch
 from alexnet.models import ARCHS, build_model, feature_map_size
 from alexnet.optim import build_optimizer, scaled_lr
+from test_engine import trainer as trainer_config
 
 CPU = torch.device("cpu")
 DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -27,8 +28,7 @@ SIZES = {"alexnet": 67, "alexnet_cifar": 32}  # the smallest input alexnet takes
 
 
 def trainer(device: torch.device, *overrides: str):
-    cfg = to_typed(compose([f"trainer.{o}" for o in overrides])).trainer
-    return performance.resolve(cfg, device)
+    return performance.resolve(trainer_config(*overrides), device)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
