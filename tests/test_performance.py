@@ -287,3 +287,12 @@ def test_cpu_allocator_keeps_freed_memory_unless_another_allocator_is_preloaded(
     assert performance.reuse_freed_memory() is True
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert performance.reuse_freed_memory() is False
+
+
+def test_bench_reports_an_unwritable_json_path_after_its_tables(cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cli("--model", "alexnet_cifar", "--variants", "none", "--data-variants", "none",
+                 "--json", str(blocker / "bench.json"), module="bench")
+    assert result.returncode == 2 and "cannot write --json" in result.stderr and "Traceback" not in result.stderr
+    assert "GFLOP per image" in result.stdout  # the figures were printed before the error
