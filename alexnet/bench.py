@@ -279,6 +279,54 @@ def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, repeats: int) -
     return 2 * n**3 / min(clock.intervals()) / 1e12
 
 
+# ------------------------------------------------------------------------------------------------ profile
+
+PHASES = ("data", "forward", "backward", "optimizer")  # record_function ranges of alexnet.data and .engine
+
+
+def profile_variant(variant: Variant, split: Split, device: torch.device, steps: int) -> dict:
+    """One segment of `steps` training steps under torch.profiler, after an untimed one: the share of time in
+    each phase of the step (device time of the kernels each phase launched on a GPU, CPU time on a CPU), and
+    the top kernels (CUDA) or operators (CPU) by their own time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    segments = train_segments(variant, split, device, steps, workers=0)
+    next(segments)  # warm-up: allocations, cuDNN autotuning
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        next(segments)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    segments.close()
+    events = prof.key_averages()
+    basis = "device" if device.type == "cuda" else "cpu"
+
+    def total(event, kind: str) -> float:  # microseconds; torch renamed cuda_* to device_* in 2.4
+        names = (f"{kind}_time_total", f"{kind.replace('device', 'cuda')}_time_total")
+        return next((getattr(event, n) for n in names if hasattr(event, n)), 0.0)
+
+    phase_us = {phase: 0.0 for phase in PHASES}
+    for event in events:
+        if event.key in phase_us:
+            phase_us[event.key] += total(event, basis)
+    phased = sum(phase_us.values())
+    table = events.table(sort_by=f"self_{basis}_time_total", row_limit=15, max_name_column_width=70)
+    return {"variant": variant.name, "steps": steps, "basis": basis, "wall_ms_per_step": 1000 * wall / steps,
+            "phase_ms_per_step": {p: us / 1000 / steps for p, us in phase_us.items()},
+            "phase_share": {p: (us / phased if phased else 0.0) for p, us in phase_us.items()},
+            "top_ops": table}
+
+
+def print_profile(profile: dict) -> None:
+    shares = ", ".join(f"{p} {100 * s:.1f}% ({profile['phase_ms_per_step'][p]:.2f} ms)"
+                       for p, s in profile["phase_share"].items())
+    print(f"profile of {profile['variant']} ({profile['steps']} steps, {profile['wall_ms_per_step']:.2f} ms per "
+          f"step wall-clock), {profile['basis']} time per phase: {shares}")
+    print(profile["top_ops"])
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -300,6 +348,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-steps", type=int, default=None, help="batches per data segment (default: --steps)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="seed-style DataLoader workers (default: one per core)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile --steps steps of the `ours` variant (torch.profiler): the share of time "
+                             "in data, forward, backward and optimizer, and the top kernels")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args, overrides = parser.parse_known_args(argv)
     for a in overrides:
@@ -377,6 +428,11 @@ def run(args: argparse.Namespace) -> dict:
             peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
         result["train"][variant.name] = figures
         print(f"train {variant.name}: {figures['images_per_s']:,.0f} images/s", file=sys.stderr)
+    if args.profile:
+        ours = next((v for v in variants if v.name == "ours"), None) or parse_variants(["ours"], args.overrides,
+                                                                                     device)[0]
+        use_backend_flags(ours, torch_defaults, device)
+        result["profile"] = profile_variant(ours, split, device, args.steps)
     result["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result["ratios"] = ratios(result)
     return result
@@ -439,6 +495,8 @@ def print_tables(result: dict) -> None:
                           f"{f['images_per_s'] / bare:.3f}x" if bare and name != "seed" else "")
         console.print(table)
     console.print(f"process peak RSS {result['max_rss_gb']:.2f} GiB")
+    if "profile" in result:
+        print_profile(result["profile"])
 
 
 def main(argv: list[str] | None = None) -> None:

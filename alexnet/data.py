@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from alexnet.config import UserError
 
@@ -281,11 +282,13 @@ class Loader:
             if generator_state is not None:
                 self.generator.set_state(generator_state)
         for i in range(start, len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            draws = self.augmentation(len(index), self.generator)
-            mine = slice(self.rank, None, self.world_size)  # this rank's share of the global batch
-            draws = {k: v[mine] for k, v in draws.items()}
-            yield self.transform(index[mine], draws), self.split.labels[index[mine]]
+            with record_function("data"):  # a phase of the step in profiles (alexnet.bench --profile)
+                index = order[i * self.batch_size:(i + 1) * self.batch_size]
+                draws = self.augmentation(len(index), self.generator)
+                mine = slice(self.rank, None, self.world_size)  # this rank's share of the global batch
+                draws = {k: v[mine] for k, v in draws.items()}
+                batch = self.transform(index[mine], draws), self.split.labels[index[mine]]
+            yield batch
 
     def generator_state(self) -> torch.Tensor | None:
         return self.generator.get_state() if self.generator is not None else None

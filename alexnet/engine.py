@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from alexnet.config import UserError
@@ -110,20 +111,23 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     for images, labels in loader.batches(epoch, progress.batch, generator_state):
         lr = scheduler.get_last_lr()[0]  # the lr this step uses
         lrs[step + 1] = lr
-        with autocast(device, precision):
+        # record_function names the phases of a step in profiles (alexnet.bench --profile); free otherwise
+        with record_function("forward"), autocast(device, precision):
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
         finite = torch.isfinite(loss.detach())
         if skip_nonfinite and not finite.item():
             progress.skipped += 1
         else:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if trainer.grad_clip_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            with record_function("backward"):
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if trainer.grad_clip_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+            with record_function("optimizer"):
+                scaler.step(optimizer)
+                scaler.update()
             first_bad = torch.where(~finite & (first_bad < 0), step + 1, first_bad)
             bad_loss = torch.where(first_bad == step + 1, loss.detach().float(), bad_loss)
             progress.loss_sum += loss.detach().float() * len(labels)
@@ -131,7 +135,8 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             progress.seen += len(labels)
             progress.window_loss += loss.detach().float()
             progress.window_steps += 1
-        scheduler.step()
+        with record_function("optimizer"):
+            scheduler.step()
         step += 1
         progress.batch += 1
         bar.update()
