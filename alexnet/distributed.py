@@ -19,6 +19,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str | None = None  # nccl | gloo once in a process group (torchrun, even with one process)
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +27,9 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        """In a process group: the model is wrapped in DDP and sums go through collectives. One process
+        under torchrun is active too, so `--nproc_per_node=1` runs the same code as eight."""
+        return self.backend is not None
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum over ranks (a new tensor; the input is left as it is)."""
@@ -71,9 +74,10 @@ def setup(strategy: str, device: torch.device) -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local), device
+        dist.init_process_group(backend)
+    return Dist(rank, world, local, dist.get_backend()), device
 
 
 def teardown(d: Dist) -> None:

@@ -112,7 +112,7 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
     precision = cfg.trainer.precision.value
     log.info("config:\n%s", OmegaConf.to_yaml(dict_cfg, resolve=True))
     log.info("run dir: %s | device: %s%s", run_dir, device,
-             f" | rank {dist.rank} of {dist.world_size}" if dist.active else "")
+             f" | rank {dist.rank} of {dist.world_size} ({dist.backend})" if dist.active else "")
     log.info("fast path: %s", performance.describe(cfg.trainer))
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
