@@ -1,0 +1,612 @@
+"""GPU acceptance in one command: the CUDA tests, the benchmarks, time to accuracy, DDP over NCCL and two studies,
+each time-boxed so that the whole run ends within --budget seconds, written up as summary.json and summary.md.
+
+Run it through scripts/gpu_acceptance.sh (see `--help`). It uses the standard library only, so it can install
+the project's dependencies (--wheels) before anything imports them; each step is a subprocess of the real
+command line in its own process group, stopped (SIGTERM: our runs checkpoint, then SIGKILL) at its deadline.
+--smoke runs every step on the CPU at toy size, so that the test suite keeps this script working.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+# The steps in order, each with its share of the budget. Deadlines are cumulative, so time a step leaves unused
+# passes to the next ones, and a slow step cannot eat the share of those after it.
+SHARES = {"gpu_tests": 0.15, "bench": 0.25, "time_to_accuracy": 0.30, "ddp": 0.07, "studies": 0.23}
+# (figure, comparison, goal, what it is): the targets of issue 6 and 10, checked on every run.
+TARGETS = [
+    ("bench.alexnet_224.train.ours.images_per_s", ">=", 40_000, "alexnet at 224, batch 512: training images/s"),
+    ("bench.alexnet_224.train.ours_over_seed", ">=", 5.0, "alexnet at 224: our step vs the seed-style loop"),
+    ("bench.alexnet_cifar_32.train.ours.images_per_s", ">=", 150_000,
+     "alexnet_cifar at 32, batch 1024: training images/s"),
+    ("bench.alexnet_224.data.ours_over_seed", ">=", 2.0, "data pipeline at 224 vs the seed-style DataLoader"),
+    ("bench.alexnet_cifar_32.data.ours_over_seed", ">=", 5.0, "data pipeline at 32 vs the seed-style DataLoader"),
+    ("bench.alexnet_224.train.ours_over_bare", ">=", 0.95, "our training loop vs a bare loop, at 224"),
+    ("bench.alexnet_cifar_32.train.ours_over_bare", ">=", 0.95, "our training loop vs a bare loop, at 32"),
+    ("tta.test_acc", ">=", 0.85, "fast_cifar: test accuracy (seed 0, JPEG copy)"),
+    ("tta.train_seconds", "<=", 30.0, "fast_cifar: seconds of training for the whole run"),
+    ("tta.seconds_to_val_85", "<=", 30.0, "fast_cifar: seconds of training until val/acc >= 0.85"),
+]
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the script itself."""
+
+
+class UsageError(Exception):
+    """A bad argument or input: one error line, exit code 2."""
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+@dataclass
+class Acceptance:
+    """Everything a run of the script finds out; `summary()` is what summary.json holds."""
+
+    out: Path
+    budget: float
+    smoke: bool
+    command: str
+    start: float = field(default_factory=now)
+    started_at: str = field(default_factory=lambda: datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    environment: dict = field(default_factory=dict)
+    steps: dict = field(default_factory=dict)  # name -> {status, reason, seconds, log, commands}
+    figures: dict = field(default_factory=dict)  # flat: key -> {value, command}
+    curves: dict = field(default_factory=dict)
+    profiles: dict = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"  # run dirs, checkpoints, data: not for committing
+
+    def deadline(self, step: str) -> float:
+        names = list(SHARES)
+        share = sum(SHARES[n] for n in names[:names.index(step) + 1])
+        return self.start + self.budget * min(1.0, share)
+
+    def record(self, key: str, value, command: list[str] | str) -> None:
+        if value is not None:
+            self.figures[key] = {"value": value, "command": command if isinstance(command, str) else shlex.join(command)}
+
+    def value(self, key: str):
+        return self.figures.get(key, {}).get("value")
+
+
+# ---------------------------------------------------------------------------------------- running commands
+
+def subprocess_env(acc: Acceptance) -> dict:
+    """Our modules from this tree whether installed or not, W&B offline, caches inside the work dir."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true",
+               XDG_CACHE_HOME=str(acc.work / "cache"), MPLCONFIGDIR=str(acc.work / "matplotlib"))
+    return env
+
+
+def run(acc: Acceptance, argv: list[str], log: Path, deadline: float) -> int | None:
+    """Run `argv` in its own process group, appending its output to `log`; its exit code, or None if it was
+    stopped at `deadline` (SIGTERM, then SIGKILL after a grace period, both inside the deadline)."""
+    grace = 2.0 if acc.smoke else 10.0
+    with log.open("a") as out:
+        out.write(f"$ {shlex.join(argv)}\n")
+        out.flush()
+        proc = subprocess.Popen(argv, cwd=REPO, env=subprocess_env(acc), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            try:
+                return proc.wait(timeout=max(0.0, deadline - grace - now()))
+            except subprocess.TimeoutExpired:
+                out.write(f"\n[gpu_acceptance] stopped at its deadline (SIGTERM, then SIGKILL after {grace:.0f} s)\n")
+                stop(proc, grace)
+                return None
+        except Interrupted:
+            stop(proc, grace)
+            raise
+
+
+def stop(proc: subprocess.Popen, grace: float) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def alexnet(module: str, *args: str) -> list[str]:
+    return [PY, "-m", f"alexnet.{module}", *args]
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+PROBE = r"""
+import json, platform, torch
+from importlib import metadata
+info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(), "cuda_available": torch.cuda.is_available()}
+for name in ("torchvision", "hydra-core", "omegaconf", "wandb"):
+    try:
+        info[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        info[name] = None
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    info.update(device=p.name, device_memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",
+                multiprocessors=p.multi_processor_count, bf16=torch.cuda.is_bf16_supported(),
+                device_count=torch.cuda.device_count(), nccl=".".join(map(str, torch.cuda.nccl.version())))
+else:
+    info.update(device="cpu (" + (platform.processor() or platform.machine()) + ")", bf16=None)
+print(json.dumps(info))
+"""
+
+
+def probe_environment(acc: Acceptance) -> dict:
+    result = subprocess.run([PY, "-c", PROBE], capture_output=True, text=True, env=subprocess_env(acc), timeout=120)
+    if result.returncode != 0:
+        raise UsageError(f"cannot import torch with {PY}: {result.stderr.strip().splitlines()[-1:]}. Fix: run this "
+                         f"with a Python that has torch and torchvision (PYTHON=... bash scripts/gpu_acceptance.sh).")
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    info["driver"] = command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    info["nvidia_smi"] = command_output(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,power.limit",
+                                         "--format=csv,noheader"])
+    commit = command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"]) or os.environ.get("ALEXNET_COMMIT")
+    dirty = command_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    info["commit"] = (commit or "unknown (no git here: set ALEXNET_COMMIT)") + (" (uncommitted changes)" if dirty else "")
+    info["host_cpus"] = len(os.sched_getaffinity(0))
+    return info
+
+
+def command_output(argv: list[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def print_environment(info: dict) -> None:
+    print("environment:")
+    for key, value in info.items():
+        print(f"  {key}: {value}")
+    sys.stdout.flush()
+
+
+def install_wheels(acc: Acceptance, wheels: Path) -> None:
+    requirements = wheels / "requirements.txt"
+    if not requirements.is_file():
+        raise UsageError(f"--wheels {wheels}: no requirements.txt there. Fix: fill the folder with "
+                         f"scripts/download_wheels.sh {wheels} --python-version X.Y on a connected machine.")
+    log = acc.out / "logs" / "wheels.log"
+    started = now()
+    code = run(acc, [PY, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "--disable-pip-version-check",
+                     "-r", str(requirements)], log, acc.start + acc.budget)
+    acc.steps["install_wheels"] = {"status": "passed" if code == 0 else "failed", "seconds": round(now() - started, 1),
+                                   "log": "logs/wheels.log", "reason": "" if code == 0 else f"pip exited {code}"}
+    if code != 0:
+        raise UsageError(f"installing from --wheels {wheels} failed (see {log}). Fix: refill the folder for this "
+                         f"Python with scripts/download_wheels.sh.")
+
+
+def prepare_data(acc: Acceptance, data: Path | None) -> Path | None:
+    """An ImageFolder root (train/ and test/ inside) from --data: a folder, or a tarball unpacked into work/."""
+    if data is None:
+        return None
+    if not data.exists():
+        raise UsageError(f"--data {data}: no such file or folder. Fix: pass the JPEG CIFAR-10 tarball or its "
+                         f"unpacked folder (with train/ and test/ inside).")
+    root = data
+    if data.is_file():
+        if not tarfile.is_tarfile(data):
+            raise UsageError(f"--data {data} is a file but not a tarball. Fix: pass cifar10-jpeg.tar.gz or a folder.")
+        root = acc.work / "data"
+        root.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(data) as tar:
+            tar.extractall(root, filter="data")
+        inner = [p for p in root.iterdir() if p.is_dir()]
+        if not (root / "train").is_dir() and len(inner) == 1:
+            root = inner[0]  # a tarball with one top folder
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise UsageError(f"--data {data}: no train/ and test/ folders in {root}. Fix: pass the ImageFolder root "
+                         f"(root/train/<class>/*.jpg, root/test/<class>/*.jpg) or a tarball of it.")
+    return root.resolve()
+
+
+# -------------------------------------------------------------------------------------------------- steps
+
+def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
+    junit = acc.work / "gpu-tests.xml"
+    # addopts cleared: no xdist workers sharing one GPU, and `-m gpu` instead of the default "not gpu"
+    argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-ra", "-p", "no:cacheprovider", "--timeout=300",
+            f"--junitxml={junit}", "tests"]
+    code = run(acc, argv, log, deadline)
+    if code is None:
+        return "timeout", "stopped at its deadline"
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    if junit.is_file():
+        for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
+            for key in counts:
+                counts[key] += int(suite.get(key, 0))
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    for key, value in {"passed": passed, "failed": counts["failures"] + counts["errors"],
+                       "skipped": counts["skipped"]}.items():
+        acc.record(f"gpu_tests.{key}", value, argv)
+    if code != 0:
+        return "failed", f"pytest exited {code}: {counts['failures'] + counts['errors']} failed"
+    if passed == 0 and not acc.smoke:
+        return "failed", f"no GPU test ran ({counts['skipped']} skipped): is CUDA visible to torch?"
+    return "passed", f"{passed} passed, {counts['skipped']} skipped"
+
+
+BENCHES = {  # name -> (bench arguments on a GPU, at toy size on the CPU for --smoke)
+    "alexnet_224": (["--model", "alexnet", "--input-size", "224", "--batch-size", "512", "--steps", "10",
+                     "--warmup", "1", "--repeats", "3"],
+                    ["--model", "alexnet", "--input-size", "224", "--batch-size", "4", "model.width=0.125"]),
+    "alexnet_cifar_32": (["--model", "alexnet_cifar", "--input-size", "32", "--batch-size", "1024", "--steps", "20",
+                          "--warmup", "2", "--repeats", "3"],
+                         ["--model", "alexnet_cifar", "--input-size", "32", "--batch-size", "16", "model.width=0.125"]),
+}
+
+
+def step_bench(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
+    problems = []
+    names = list(BENCHES)
+    for i, name in enumerate(names):
+        gpu_args, smoke_args = BENCHES[name]
+        args = smoke_args + ["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "2", "--workers", "0"] \
+            if acc.smoke else gpu_args + ["--device", "cuda"]
+        json_path = acc.work / f"bench-{name}.json"
+        argv = alexnet("bench", *args, "--variants", "seed,bare,ours", "--profile", "--json", str(json_path))
+        # the first bench may use up to 60% of the step's time; the second gets the rest
+        start = now()
+        own_deadline = deadline if i == len(names) - 1 else start + 0.6 * (deadline - start)
+        code = run(acc, argv, log, own_deadline)
+        if code is None or code != 0 or not json_path.is_file():
+            problems.append(f"{name}: " + ("stopped at its deadline" if code is None else f"exited {code}"))
+            continue
+        record_bench(acc, name, json.loads(json_path.read_text()), argv)
+    if problems:
+        return ("timeout" if all("deadline" in p for p in problems) else "failed"), "; ".join(problems)
+    return "passed", ""
+
+
+def record_bench(acc: Acceptance, name: str, result: dict, argv: list[str]) -> None:
+    key = f"bench.{name}"
+    acc.record(f"{key}.flops_per_image", result["flops_per_image"], argv)
+    for pipeline, figures in result["data"].items():
+        acc.record(f"{key}.data.{pipeline}.images_per_s", figures["images_per_s"], argv)
+    for variant, figures in result["train"].items():
+        for figure in ("images_per_s", "tflops", "fraction_of_peak", "peak_memory_gb"):
+            acc.record(f"{key}.train.{variant}.{figure}", figures[figure], argv)
+    for precision, tflops in result["peak_tflops"].items():
+        acc.record(f"{key}.peak_tflops.{precision}", tflops, argv)
+    ratios = result["ratios"]
+    acc.record(f"{key}.data.ours_over_seed", ratios.get("data ours / seed"), argv)
+    acc.record(f"{key}.train.ours_over_seed", ratios.get("train ours / seed"), argv)
+    acc.record(f"{key}.train.ours_over_bare", ratios.get("train ours / bare"), argv)
+    ours = result["train"].get("ours")
+    if ours:  # what the hardware allows: the measured matmul peak of our precision over our FLOPs per image
+        ceiling = result["peak_tflops"][ours["precision"]] * 1e12 / result["flops_per_image"]
+        acc.record(f"{key}.train.ours.ceiling_images_per_s", ceiling, argv)
+    if "profile" in result:
+        acc.profiles[name] = {**result["profile"], "precision": ours["precision"] if ours else None}
+        for phase, share in result["profile"]["phase_share"].items():
+            acc.record(f"{key}.profile.{phase}_share", share, argv)
+
+
+def study_args(acc: Acceptance, root: Path | None) -> list[str]:
+    """Overrides that put a fast_cifar run on this machine: the real data on a GPU, toy size for --smoke."""
+    if acc.smoke:
+        return ["data=synthetic", "model.width=0.125", "trainer.epochs=2", "trainer.limit_batches=3",
+                "data.batch_size=32", "data.eval_batch_size=64", "trainer.device=cpu", "wandb.mode=offline"]
+    return [f"data.root={root}", "trainer.device=cuda", "wandb.mode=offline"]
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    return rows
+
+
+def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, root: Path | None) -> tuple[str, str]:
+    if root is None and not acc.smoke:
+        return "skipped", "no --data: time to accuracy needs the JPEG CIFAR-10 copy"
+    run_dir = acc.work / "time_to_accuracy"
+    argv = alexnet("run", "+experiment=fast_cifar", "seed=0", *study_args(acc, root), f"hydra.run.dir={run_dir}")
+    code = run(acc, argv, log, deadline)
+    rows = metrics_rows(run_dir)
+    curve = [{"epoch": r["epoch"], "elapsed": r["train/elapsed"], "val_acc": r["val/acc"]} for r in rows
+             if "val/acc" in r and "train/elapsed" in r]
+    acc.curves["time_to_accuracy"] = curve
+    summary = next((r["_summary"] for r in reversed(rows) if "_summary" in r), {})
+    acc.record("tta.test_acc", summary.get("test/acc"), argv)
+    acc.record("tta.best_val_acc", summary.get("val/best_acc"), argv)
+    acc.record("tta.train_seconds", summary.get("train/elapsed"), argv)
+    acc.record("tta.epochs_done", len(curve), argv)
+    for threshold in (80, 85):
+        reached = next((c["elapsed"] for c in curve if c["val_acc"] >= threshold / 100), None)
+        acc.record(f"tta.seconds_to_val_{threshold}", reached, argv)
+    if code is None:
+        return "timeout", f"stopped at its deadline after {len(curve)} epochs"
+    if code != 0:
+        return "failed", f"exited {code}"
+    return "passed", f"test acc {summary.get('test/acc', float('nan')):.4f} after {len(curve)} epochs"
+
+
+def step_ddp(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
+    """One process under torchrun: the NCCL process group (gloo on the CPU), the DDP wrapper and its collectives."""
+    run_dir = acc.work / "ddp"
+    device = "cpu" if acc.smoke else "cuda"
+    argv = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "alexnet.run",
+            "trainer.strategy=ddp", "data=synthetic", "model=alexnet_cifar", "model.width=0.25", "trainer.epochs=1",
+            f"trainer.limit_batches={3 if acc.smoke else 20}", f"trainer.device={device}", "wandb.mode=offline", f"hydra.run.dir={run_dir}"]
+    started = now()
+    code = run(acc, argv, log, deadline)
+    if code is None:
+        return "timeout", "stopped at its deadline"
+    acc.record("ddp.seconds", round(now() - started, 1), argv)
+    text = log.read_text()
+    backend = "gloo" if acc.smoke else "nccl"
+    if code != 0:
+        return "failed", f"torchrun exited {code}"
+    if f"rank 0 of 1 ({backend})" not in text or "all 1 ranks hold identical weights" not in text:
+        return "failed", f"the log does not show a {backend} process group and DDP's weight check"
+    return "passed", f"{backend} process group, DDP-wrapped run finished"
+
+
+STUDIES = {"lrn": "model.lrn=false,true", "dropout": "model.dropout=0.0,0.25,0.5,0.75"}  # lrn first: 2 runs
+
+
+def step_studies(acc: Acceptance, log: Path, deadline: float, root: Path | None) -> tuple[str, str]:
+    if root is None and not acc.smoke:
+        return "skipped", "no --data: the studies need the JPEG CIFAR-10 copy"
+    reserve = 5.0 if acc.smoke else 20.0  # for a report of a study stopped at its deadline
+    notes, statuses = [], []
+    for name, sweep in STUDIES.items():
+        sweep_dir = acc.work / "studies" / name
+        runs = len(sweep.split(","))
+        runs_left = sum(len(s.split(",")) for s in list(STUDIES.values())[list(STUDIES).index(name):])
+        own_deadline = now() + (deadline - reserve - now()) * runs / runs_left  # a share per run left
+        if own_deadline - now() < (5 if acc.smoke else 30):
+            statuses.append("skipped")
+            notes.append(f"{name}: skipped, too little time left")
+            continue
+        argv = alexnet("run", "-m", "+experiment=fast_cifar", sweep, "seed=0", *study_args(acc, root),
+                       f"hydra.sweep.dir={sweep_dir}")
+        code = run(acc, argv, log, own_deadline)
+        if code is None and sweep_dir.is_dir():  # the sweep's own report never ran: report what finished
+            run(acc, alexnet("report", str(sweep_dir)), log, min(deadline, own_deadline + reserve))
+        finished = record_study(acc, name, sweep_dir, argv)
+        report = sweep_dir / "report.md"
+        if report.is_file():
+            target = acc.out / "studies" / name
+            target.mkdir(parents=True, exist_ok=True)
+            for path in sweep_dir.glob("report.*"):
+                shutil.copy(path, target)
+            for path in sweep_dir.glob("*.png"):
+                shutil.copy(path, target)
+        status = "timeout" if code is None else "failed" if code != 0 else "passed"
+        statuses.append(status)
+        notes.append(f"{name}: {finished} of {runs} runs finished" + ("" if status == "passed" else f" ({status})"))
+    status = "passed" if set(statuses) == {"passed"} else next(
+        s for s in ("failed", "timeout", "skipped") if s in statuses)
+    return status, "; ".join(notes)
+
+
+def record_study(acc: Acceptance, name: str, sweep_dir: Path, argv: list[str]) -> int:
+    """Each finished run's test accuracy, keyed by the value the study varies; the number finished."""
+    import yaml  # a dependency of omegaconf: there once the studies have run
+
+    factor = STUDIES[name].split("=")[0]
+    finished = 0
+    for run_dir in sorted(p for p in sweep_dir.glob("*") if (p / "metrics.jsonl").is_file()):
+        rows = metrics_rows(run_dir)
+        summary = next((r["_summary"] for r in reversed(rows) if "_summary" in r), None)
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # what the run trained
+        for part in factor.split("."):
+            config = config[part]
+        value = json.dumps(config)
+        if summary and "test/acc" in summary:
+            finished += 1
+            acc.record(f"studies.{name}.{factor}={value}.test_acc", summary["test/acc"], argv)
+            acc.record(f"studies.{name}.{factor}={value}.train_seconds", summary.get("train/elapsed"), argv)
+    return finished
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+def check_targets(acc: Acceptance) -> list[dict]:
+    rows = []
+    for key, comparison, goal, label in TARGETS:
+        value = acc.value(key)
+        met = None if value is None else (value >= goal if comparison == ">=" else value <= goal)
+        margin = None if not value else (value / goal - 1 if comparison == ">=" else goal / value - 1)
+        rows.append({"key": key, "target": label, "goal": f"{comparison} {goal:,}", "value": value, "met": met,
+                     "margin": margin})
+    return rows
+
+
+def summary(acc: Acceptance) -> dict:
+    return {"smoke": acc.smoke, "command": acc.command, "started": acc.started_at, "budget_s": acc.budget,
+            "wall_s": round(now() - acc.start, 1), "environment": acc.environment, "steps": acc.steps,
+            "targets": check_targets(acc), "figures": acc.figures, "curves": acc.curves, "profiles": acc.profiles}
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def summary_markdown(s: dict) -> str:
+    env = s["environment"]
+    lines = [f"# GPU acceptance{' (--smoke: CPU, toy sizes; not a measurement)' if s['smoke'] else ''}: "
+             f"{env.get('device', '?')}, {s['started'][:10]}", "",
+             f"Commit {env.get('commit')} | Python {env.get('python')} | torch {env.get('torch')} | CUDA "
+             f"{env.get('cuda_runtime')} | cuDNN {env.get('cudnn')} | driver {env.get('driver')} | "
+             f"{env.get('device_memory_gib', '-')} GiB | bf16 {env.get('bf16')}", "",
+             f"`{s['command']}`: {s['wall_s']:.0f} s of a {s['budget_s']:.0f} s budget.", "",
+             "| target | goal | measured | | margin |", "|---|---|---|---|---|"]
+    for t in s["targets"]:
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        margin = "-" if t["margin"] is None else f"{100 * t['margin']:+.0f}%"
+        lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['value'])} | {verdict} | {margin} |")
+    lines += ["", "| step | status | seconds | note | log |", "|---|---|---|---|---|"]
+    for name, step in s["steps"].items():
+        lines.append(f"| {name} | {step['status']} | {step['seconds']} | {step.get('reason', '')} | {step['log']} |")
+    lines += why_section(s)
+    lines += ["", f"Every figure, with the command that produced it: summary.json ({len(s['figures'])} figures)."]
+    return "\n".join(lines) + "\n"
+
+
+def why_section(s: dict) -> list[str]:
+    """The measurements that explain each benchmark and the time to accuracy: phase shares, the hardware's
+    ceiling from the measured matmul peak, the top kernels, and the val/acc curve."""
+    figures = {k: v["value"] for k, v in s["figures"].items()}
+    lines = []
+    for name, profile in s["profiles"].items():
+        key = f"bench.{name}"
+        ceiling, rate = figures.get(f"{key}.train.ours.ceiling_images_per_s"), figures.get(f"{key}.train.ours.images_per_s")
+        peak = figures.get(f"{key}.peak_tflops.{profile['precision']}")
+        shares = ", ".join(f"{p} {100 * v:.0f}%" for p, v in profile["phase_share"].items())
+        lines += ["", f"## {name}: where one step of `ours` spends its time", "",
+                  f"{profile['basis']} time per phase: {shares}; {profile['wall_ms_per_step']:.2f} ms per step "
+                  f"under the profiler."]
+        if ceiling and peak:
+            lines.append(f"Hardware bound: {figures[f'{key}.flops_per_image'] / 1e9:.3f} GFLOP per training image at "
+                         f"the measured {profile['precision']} matmul peak of {peak:.1f} TFLOP/s allows at most "
+                         f"{ceiling:,.0f} images/s; measured {fmt(rate)} ({100 * (rate or 0) / ceiling:.0f}% of it).")
+        lines += ["", "```", profile["top_ops"].rstrip(), "```"]
+    curve = s["curves"].get("time_to_accuracy")
+    if curve:
+        lines += ["", "## fast_cifar: val/acc against seconds of training", "", "| epoch | seconds | val/acc |",
+                  "|---|---|---|"]
+        lines += [f"| {c['epoch']} | {c['elapsed']:.1f} | {c['val_acc']:.4f} |" for c in curve]
+    return lines
+
+
+def write_summary(acc: Acceptance) -> dict:
+    s = summary(acc)
+    for name, text in (("summary.json", json.dumps(s, indent=1)), ("summary.md", summary_markdown(s))):
+        tmp = acc.out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(acc.out / name)  # never a half-written summary
+    return s
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bash scripts/gpu_acceptance.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="a new or empty folder for the results")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for the whole run (default 480)")
+    parser.add_argument("--wheels", type=Path, help="install missing dependencies offline from this folder of wheels "
+                                                    "(made by scripts/download_wheels.sh)")
+    parser.add_argument("--data", type=Path, help="the JPEG CIFAR-10 tarball or its unpacked ImageFolder root")
+    parser.add_argument("--smoke", action="store_true", help="every step on the CPU at toy size (tests the script)")
+    args = parser.parse_args(argv)
+    if not 10 <= args.budget <= 24 * 3600:
+        parser.error("--budget must be between 10 and 86400 seconds")
+    return args
+
+
+def prepare_out(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not an empty folder: a second run there would mix its runs with "
+                         f"the first one's. Fix: pass a new folder.")
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out}: {e.strerror}. Fix: pass a writable folder.") from None
+    return out.resolve()
+
+
+def run_steps(acc: Acceptance, root: Path | None) -> None:
+    steps = {"gpu_tests": step_gpu_tests, "bench": step_bench,
+             "time_to_accuracy": lambda a, log, d: step_time_to_accuracy(a, log, d, root), "ddp": step_ddp,
+             "studies": lambda a, log, d: step_studies(a, log, d, root)}
+    for name, step in steps.items():
+        deadline = acc.deadline(name)
+        started = now()
+        log = acc.out / "logs" / f"{name}.log"
+        if deadline - started < 3:
+            status, reason = "skipped", "no time left in the budget"
+        else:
+            print(f"[{started - acc.start:5.0f} s] {name} (until {deadline - acc.start:.0f} s) ...", flush=True)
+            try:
+                status, reason = step(acc, log, deadline)
+            except Interrupted:
+                acc.steps[name] = {"status": "interrupted", "reason": "the script was stopped", "log": f"logs/{name}.log",
+                                   "seconds": round(now() - started, 1)}
+                raise
+        acc.steps[name] = {"status": status, "reason": reason, "seconds": round(now() - started, 1),
+                           "log": f"logs/{name}.log" if log.exists() else "-"}
+        print(f"        {status}{': ' + reason if reason else ''}", flush=True)
+        write_summary(acc)  # after every step: a run cut short still leaves its record
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+
+    def interrupted(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    acc = None
+    try:
+        out = prepare_out(args.out)
+        acc = Acceptance(out, args.budget, args.smoke, shlex.join(["bash", "scripts/gpu_acceptance.sh", *argv]))
+        if args.wheels:
+            install_wheels(acc, args.wheels.resolve())
+        acc.environment = probe_environment(acc)
+        print_environment(acc.environment)
+        if not acc.environment["cuda_available"] and not args.smoke:
+            write_summary(acc)
+            raise UsageError("no CUDA device is visible to torch here (see the environment above). Fix: run this on "
+                             "a machine with an NVIDIA GPU and a CUDA build of torch, or pass --smoke to exercise the "
+                             "script on the CPU.")
+        root = prepare_data(acc, args.data.resolve() if args.data else None)
+        run_steps(acc, root)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        if acc is not None:
+            write_summary(acc)
+        print(f"stopped by {e}; the summary so far is in {args.out}", file=sys.stderr)
+        return 130
+    s = write_summary(acc)
+    failed = [n for n, step in s["steps"].items() if step["status"] not in ("passed", "skipped")]
+    print(f"summary: {acc.out / 'summary.md'} ({s['wall_s']:.0f} s)" + (f"; not passed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

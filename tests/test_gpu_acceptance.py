@@ -1,0 +1,208 @@
+"""scripts/gpu_acceptance.sh and scripts/download_wheels.sh: kept working on a machine without a GPU.
+
+The smoke run goes through every step on the CPU at toy size; the other tests attack the time boxes, the
+signals and the bad inputs. The wheel download needs a package index and takes a minute: `slow`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MPL_CACHE, REPO
+
+SCRIPT = REPO / "scripts" / "gpu_acceptance.sh"
+STEPS = ["gpu_tests", "bench", "time_to_accuracy", "ddp", "studies"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+acceptance = load_script("gpu_acceptance")
+requirements = load_script("requirements")
+
+
+def start(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHON": sys.executable, "MPLCONFIGDIR": MPL_CACHE}
+    return subprocess.Popen(["bash", str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def acceptance_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = start(*args)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_smoke_runs_every_step_and_records_every_figure_with_its_command(tmp_path):
+    # One test, not three sharing a module fixture: pytest-xdist would run such a fixture once per worker.
+    out = tmp_path / "out"
+    result = acceptance_cli("--smoke", "--out", str(out), "--budget", "240")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.startswith("environment:")  # the environment is printed first
+    summary = json.loads((out / "summary.json").read_text())
+    check_environment_and_steps(summary, out)
+    check_figures(summary, out)
+    check_markdown((out / "summary.md").read_text())
+
+
+def check_environment_and_steps(summary: dict, out: Path) -> None:
+    env = summary["environment"]
+    for key in ("python", "torch", "cuda_runtime", "device", "bf16", "driver", "commit", "hydra-core", "wandb"):
+        assert key in env, key
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert env["commit"].split()[0] == head.strip()
+    assert list(summary["steps"]) == STEPS
+    for name, step in summary["steps"].items():
+        assert step["status"] == "passed", (name, step)
+        assert (out / step["log"]).is_file() and step["seconds"] > 0
+    assert summary["smoke"] is True and summary["wall_s"] <= summary["budget_s"]
+
+
+def check_figures(summary: dict, out: Path) -> None:
+    figures = summary["figures"]
+    for bench in ("alexnet_224", "alexnet_cifar_32"):
+        for key in ("train.seed.images_per_s", "train.bare.images_per_s", "train.ours.images_per_s",
+                    "train.ours.fraction_of_peak", "train.ours_over_seed", "train.ours_over_bare",
+                    "data.ours_over_seed", "peak_tflops.fp32", "flops_per_image", "train.ours.ceiling_images_per_s"):
+            assert f"bench.{bench}.{key}" in figures, (bench, key)
+        assert "--model alexnet" in figures[f"bench.{bench}.train.ours.images_per_s"]["command"]
+        shares = [figures[f"bench.{bench}.profile.{p}_share"]["value"] for p in ("data", "forward", "backward",
+                                                                                 "optimizer")]
+        assert all(s > 0 for s in shares) and sum(shares) == pytest.approx(1.0)
+    for key in ("tta.test_acc", "tta.train_seconds", "ddp.seconds", "gpu_tests.skipped",
+                "studies.lrn.model.lrn=true.test_acc", "studies.lrn.model.lrn=false.test_acc",
+                "studies.dropout.model.dropout=0.75.test_acc"):
+        assert key in figures, key
+    assert figures["tta.epochs_done"]["value"] == 2 and "+experiment=fast_cifar" in figures["tta.test_acc"]["command"]
+    assert "torch.distributed.run" in figures["ddp.seconds"]["command"]
+    assert all(("alexnet" in f["command"] or "pytest" in f["command"]) for f in figures.values())
+    assert [t["key"] for t in summary["targets"]] == [t[0] for t in acceptance.TARGETS]
+    assert len(summary["curves"]["time_to_accuracy"]) == 2
+    for study in ("lrn", "dropout"):
+        assert (out / "studies" / study / "report.md").is_file()
+
+
+def check_markdown(text: str) -> None:
+    assert "--smoke: CPU, toy sizes; not a measurement" in text
+    assert "| alexnet at 224, batch 512: training images/s | >= 40,000 |" in text
+    assert "**missed**" in text  # a CPU at toy size meets no speed target, and says so
+    for name in STEPS:
+        assert f"| {name} | passed |" in text
+    assert "where one step of `ours` spends its time" in text and "Hardware bound:" in text
+    assert "aten::" in text  # the profiler's operator table
+    assert "## fast_cifar: val/acc against seconds of training" in text
+
+
+def test_a_tiny_budget_times_steps_out_and_still_ends_in_time(tmp_path):
+    started = time.monotonic()
+    result = acceptance_cli("--smoke", "--out", str(tmp_path / "out"), "--budget", "12")
+    wall = time.monotonic() - started
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    statuses = [summary["steps"][name]["status"] for name in STEPS]
+    assert result.returncode == 1, result.stdout
+    assert "timeout" in statuses and set(statuses) <= {"passed", "timeout", "skipped"}, statuses
+    assert list(summary["steps"]) == STEPS  # a timed-out step does not stop the ones after it
+    assert wall < 12 + 6, wall  # the budget, plus Python's start and the last summary
+
+
+def test_a_step_past_its_deadline_is_killed_with_its_children(tmp_path):
+    acc = acceptance.Acceptance(tmp_path, budget=60, smoke=True, command="test")
+    (tmp_path / "work").mkdir()
+    pid_file = tmp_path / "child.pid"
+    # a parent that ignores SIGTERM, with a child: both must be gone when run() returns
+    code = (f"import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)")
+    started = time.monotonic()
+    assert acceptance.run(acc, [sys.executable, "-c", code], tmp_path / "log", time.monotonic() + 4) is None
+    assert time.monotonic() - started < 5
+    child = Path(f"/proc/{pid_file.read_text()}/stat")
+    time.sleep(0.2)
+    assert not child.exists() or child.read_text().split(")")[1].split()[0] == "Z"  # gone, or dead and unreaped
+    assert "stopped at its deadline" in (tmp_path / "log").read_text()
+
+
+def test_ctrl_c_stops_the_step_and_keeps_the_summary_so_far(tmp_path):
+    out = tmp_path / "out"
+    proc = start("--smoke", "--out", str(out), "--budget", "240")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "logs" / "gpu_tests.log").is_file():
+        time.sleep(0.1)
+    time.sleep(0.5)  # pytest is starting up
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "stopped by SIGINT" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == {"gpu_tests": {"status": "interrupted", "reason": "the script was stopped",
+                                              "log": "logs/gpu_tests.log", "seconds": pytest.approx(0.5, abs=2)}}
+    junit = str(out / "work" / "gpu-tests.xml")
+    ps = subprocess.run(["pgrep", "-f", junit], capture_output=True, text=True)
+    assert ps.stdout == ""  # the step's pytest was stopped with the script
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "{tmp}/out"], "no CUDA device is visible to torch here"),
+    (["--out", "{tmp}/full", "--smoke"], "exists and is not an empty folder"),
+    (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/nowhere"], "--data {tmp}/nowhere: no such file or folder"),
+    (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/full"], "no train/ and test/ folders"),
+    (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/full/file.txt"], "is a file but not a tarball"),
+    (["--out", "{tmp}/out", "--smoke", "--wheels", "{tmp}"], "no requirements.txt there"),
+    (["--out", "{tmp}/out", "--budget", "5"], "--budget must be between 10 and 86400"),
+])
+def test_bad_inputs_exit_2_with_the_fix(tmp_path, args, message):
+    if "no CUDA" in message and acceptance_cuda():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file.txt").write_text("x")
+    result = acceptance_cli(*[a.format(tmp=tmp_path) for a in args], timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr and "Traceback" not in result.stderr
+
+
+def acceptance_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_requirements_leave_out_torch_and_what_it_brings(tmp_path):
+    needed = requirements.project_requirements(REPO / "setup.cfg")
+    names = {requirements.normalize(r.split(">")[0].split("<")[0].split("=")[0]) for r in needed}
+    assert {"hydra-core", "omegaconf", "wandb", "pytest"} <= names and not names & {"torch", "torchvision"}
+    closure = requirements.torch_closure("3.12")
+    assert {"torch", "torchvision", "numpy", "pillow"} <= closure and "wandb" not in closure
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("# the image\nMarkupSafe==3.0.2\nrich @ file:///x\ntyping_extensions>=4\n-e git+https://x\n")
+    assert requirements.names(freeze) == ["markupsafe", "rich", "typing-extensions"]
+    for wheel in ("rich-15.0.0-py3-none-any.whl", "wandb-0.31.0-py3-none-manylinux_2_28_x86_64.whl"):
+        (tmp_path / wheel).write_text("")
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("rich\nnumpy\n")
+    requirements.drop(names_file, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.whl")) == ["wandb-0.31.0-py3-none-manylinux_2_28_x86_64.whl"]
+
+
+@pytest.mark.slow
+def test_download_wheels_fills_a_small_folder_for_python_3_12(tmp_path):
+    result = subprocess.run(["bash", str(REPO / "scripts" / "download_wheels.sh"), str(tmp_path / "wheels"),
+                             "--python-version", "3.12"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheels = {p.name.split("-")[0].lower() for p in (tmp_path / "wheels").glob("*.whl")}
+    assert {"hydra_core", "omegaconf", "wandb", "antlr4_python3_runtime"} <= wheels
+    assert not wheels & {"torch", "torchvision", "numpy", "pillow", "triton"}
+    assert sum(p.stat().st_size for p in (tmp_path / "wheels").iterdir()) < 150 * 2**20
+    assert (tmp_path / "wheels" / "requirements.txt").is_file()
