@@ -8,10 +8,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 MPL_CACHE = str(Path(tempfile.gettempdir()) / "alexnet-tests-matplotlib")
 SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
+
+# One thread per process: the suite already runs one worker per core (-n auto), and torch's threads spin while
+# they wait, so two threads per process on a shared core only burn the other worker's time.
+os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every CLI subprocess
+torch.set_num_threads(1)
 
 # A small, fast, learnable set-up for end-to-end runs on a CPU.
 TINY = ["data=synthetic", "model=alexnet_cifar", "model.width=0.25", "optimizer=adam", "trainer.device=cpu",

@@ -114,8 +114,10 @@ def test_optimizer_implementations_make_the_same_updates(name):
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
         results[impl] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # atol 1% of one step at lr 1e-3: fused Adam(W) orders m / (sqrt(v) + eps) differently, and where a gradient
+    # is near zero, v is near eps^2 and the rounding grows (measured up to 4.2e-6 with one thread, 1.3e-6 with two)
     for impl, params in results.items():
-        assert torch.allclose(params, results["default"], rtol=1e-5, atol=1e-6), impl
+        assert torch.allclose(params, results["default"], rtol=1e-5, atol=1e-5), impl
 
 
 def test_auto_picks_the_fused_update_and_default_leaves_it_to_torch():

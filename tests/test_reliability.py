@@ -223,8 +223,9 @@ def test_an_unusable_run_dir_stops_before_training(tmp_path, fault, message):
 
 
 def test_nan_stops_with_step_loss_and_lr_and_keeps_the_last_good_checkpoint(tmp_path):
-    # The lr ramps up over two epochs to 10: early steps are fine and checkpointed, then the loss blows up.
-    result = run_cli("run", [*RESUMABLE, "optimizer=sgd", "optimizer.lr=10", "scheduler.warmup_epochs=2"], tmp_path)
+    # The lr ramps up over two epochs to 100: the first steps are fine and checkpointed (step 4), then the loss
+    # blows up (step 6 with one thread and with two; at lr 10 one thread trained through, two did not).
+    result = run_cli("run", [*RESUMABLE, "optimizer=sgd", "optimizer.lr=100", "scheduler.warmup_epochs=2"], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "non-finite training loss" in result.stderr and "at step" in result.stderr
     assert "learning rate" in result.stderr and "keeps its last good checkpoint" in result.stderr
