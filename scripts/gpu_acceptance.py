@@ -71,6 +71,7 @@ class Acceptance:
     figures: dict = field(default_factory=dict)  # flat: key -> {value, command}
     curves: dict = field(default_factory=dict)
     profiles: dict = field(default_factory=dict)
+    site_packages: Path | None = None  # where --wheels went, if not into the environment
 
     @property
     def work(self) -> Path:
@@ -94,7 +95,8 @@ class Acceptance:
 def subprocess_env(acc: Acceptance) -> dict:
     """Our modules from this tree whether installed or not, W&B offline, caches inside the work dir."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    site = str(acc.site_packages) if acc.site_packages else None
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), site, env.get("PYTHONPATH")]))
     env.update(PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true",
                XDG_CACHE_HOME=str(acc.work / "cache"), MPLCONFIGDIR=str(acc.work / "matplotlib"))
     return env
@@ -198,10 +200,16 @@ def install_wheels(acc: Acceptance, wheels: Path) -> None:
                          f"scripts/download_wheels.sh {wheels} --python-version X.Y on a connected machine.")
     log = acc.out / "logs" / "wheels.log"
     started = now()
-    code = run(acc, [PY, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "--disable-pip-version-check",
-                     "-r", str(requirements)], log, acc.start + acc.budget)
+    pip = [PY, "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "--no-warn-script-location"]
+    code = run(acc, pip + ["--find-links", str(wheels), "-r", str(requirements)], log, acc.start + acc.budget)
+    how = "into the environment"
+    if code != 0:  # e.g. a read-only environment: every wheel of the folder into work/site, on PYTHONPATH
+        site = acc.work / "site"
+        code = run(acc, pip + ["--no-deps", "--target", str(site), *map(str, sorted(wheels.glob("*.whl")))], log,
+                   acc.start + acc.budget)
+        acc.site_packages, how = site, f"into {site} (the environment refused them)"
     acc.steps["install_wheels"] = {"status": "passed" if code == 0 else "failed", "seconds": round(now() - started, 1),
-                                   "log": "logs/wheels.log", "reason": "" if code == 0 else f"pip exited {code}"}
+                                   "log": "logs/wheels.log", "reason": how if code == 0 else f"pip exited {code}"}
     if code != 0:
         raise UsageError(f"installing from --wheels {wheels} failed (see {log}). Fix: refill the folder for this "
                          f"Python with scripts/download_wheels.sh.")
@@ -541,7 +549,10 @@ def prepare_out(out: Path) -> Path:
         raise UsageError(f"--out {out} exists and is not an empty folder: a second run there would mix its runs with "
                          f"the first one's. Fix: pass a new folder.")
     try:
-        (out / "logs").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "logs").mkdir()  # atomic: of two runs started at once on one --out, the second stops here
+    except FileExistsError:
+        raise UsageError(f"--out {out} was just taken by another run. Fix: pass a new folder.") from None
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}. Fix: pass a writable folder.") from None
     return out.resolve()

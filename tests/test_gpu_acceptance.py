@@ -206,3 +206,18 @@ def test_download_wheels_fills_a_small_folder_for_python_3_12(tmp_path):
     assert not wheels & {"torch", "torchvision", "numpy", "pillow", "triton"}
     assert sum(p.stat().st_size for p in (tmp_path / "wheels").iterdir()) < 150 * 2**20
     assert (tmp_path / "wheels" / "requirements.txt").is_file()
+
+
+def test_wheels_install_offline_and_a_failed_install_is_a_clear_error(tmp_path):
+    acc = acceptance.Acceptance(tmp_path / "out", budget=120, smoke=True, command="test")
+    (acc.out / "logs").mkdir(parents=True)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "requirements.txt").write_text("rich\n")  # installed already: nothing to fetch
+    acceptance.install_wheels(acc, wheels)
+    assert acc.steps["install_wheels"]["status"] == "passed" and acc.site_packages is None
+    (wheels / "requirements.txt").write_text("no-such-package-anywhere\n")
+    with pytest.raises(acceptance.UsageError, match="installing from --wheels .* failed"):
+        acceptance.install_wheels(acc, wheels)
+    assert acc.steps["install_wheels"]["status"] == "failed"
+    assert "--no-index" in (acc.out / "logs" / "wheels.log").read_text()
