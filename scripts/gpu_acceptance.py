@@ -3,7 +3,7 @@ each time-boxed so that the whole run ends within --budget seconds, written up a
 
 Run it through scripts/gpu_acceptance.sh (see `--help`). It uses the standard library only, so it can install
 the project's dependencies (--wheels) before anything imports them; each step is a subprocess of the real
-command line in its own process group, stopped (SIGTERM: our runs checkpoint, then SIGKILL) at its deadline.
+command line in its own process group, stopped (SIGINT: our runs checkpoint, then SIGKILL) at its deadline.
 --smoke runs every step on the CPU at toy size, so that the test suite keeps this script working.
 """
 from __future__ import annotations
@@ -104,7 +104,8 @@ def subprocess_env(acc: Acceptance) -> dict:
 
 def run(acc: Acceptance, argv: list[str], log: Path, deadline: float) -> int | None:
     """Run `argv` in its own process group, appending its output to `log`; its exit code, or None if it was
-    stopped at `deadline` (SIGTERM, then SIGKILL after a grace period, both inside the deadline)."""
+    stopped at `deadline` (SIGINT, then SIGKILL after a grace period, both inside the deadline). SIGINT, as
+    Ctrl-C: a training run checkpoints and pytest still writes its report of the tests that ran."""
     grace = 2.0 if acc.smoke else 10.0
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
@@ -115,7 +116,7 @@ def run(acc: Acceptance, argv: list[str], log: Path, deadline: float) -> int | N
             try:
                 return proc.wait(timeout=max(0.0, deadline - grace - now()))
             except subprocess.TimeoutExpired:
-                out.write(f"\n[gpu_acceptance] stopped at its deadline (SIGTERM, then SIGKILL after {grace:.0f} s)\n")
+                out.write(f"\n[gpu_acceptance] stopped at its deadline (SIGINT, then SIGKILL after {grace:.0f} s)\n")
                 stop(proc, grace)
                 return None
         except Interrupted:
@@ -124,7 +125,7 @@ def run(acc: Acceptance, argv: list[str], log: Path, deadline: float) -> int | N
 
 
 def stop(proc: subprocess.Popen, grace: float) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -242,27 +243,34 @@ def prepare_data(acc: Acceptance, data: Path | None) -> Path | None:
 # -------------------------------------------------------------------------------------------------- steps
 
 def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
+    """`pytest -m gpu`. The compiled combinations (about 15 s of compilation each) come last (tests/conftest.py),
+    so a short time box still runs every eager test; stopped with SIGINT, pytest reports what ran."""
     junit = acc.work / "gpu-tests.xml"
     # addopts cleared: no xdist workers sharing one GPU, and `-m gpu` instead of the default "not gpu"
     argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-ra", "-p", "no:cacheprovider", "--timeout=300",
             f"--junitxml={junit}", "tests"]
     code = run(acc, argv, log, deadline)
+    counts = junit_counts(junit)
+    for key, value in counts.items():
+        acc.record(f"gpu_tests.{key}", value, argv)
+    note = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
     if code is None:
-        return "timeout", "stopped at its deadline"
+        return "timeout", note + ", stopped at the deadline"
+    if code != 0:
+        return "failed", f"{note} (pytest exited {code})"
+    if counts["passed"] == 0 and not acc.smoke:
+        return "failed", f"no GPU test ran ({note}): is CUDA visible to torch?"
+    return "passed", note
+
+
+def junit_counts(junit: Path) -> dict:
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if junit.is_file():
         for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
             for key in counts:
                 counts[key] += int(suite.get(key, 0))
-    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    for key, value in {"passed": passed, "failed": counts["failures"] + counts["errors"],
-                       "skipped": counts["skipped"]}.items():
-        acc.record(f"gpu_tests.{key}", value, argv)
-    if code != 0:
-        return "failed", f"pytest exited {code}: {counts['failures'] + counts['errors']} failed"
-    if passed == 0 and not acc.smoke:
-        return "failed", f"no GPU test ran ({counts['skipped']} skipped): is CUDA visible to torch?"
-    return "passed", f"{passed} passed, {counts['skipped']} skipped"
+    failed = counts["failures"] + counts["errors"]
+    return {"passed": counts["tests"] - failed - counts["skipped"], "failed": failed, "skipped": counts["skipped"]}
 
 
 BENCHES = {  # name -> (bench arguments on a GPU, at toy size on the CPU for --smoke)

@@ -19,6 +19,14 @@ SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every CLI subprocess
 torch.set_num_threads(1)
 
+
+
+def pytest_collection_modifyitems(items):
+    """torch.compile'd combinations last (stable otherwise): in scripts/gpu_acceptance.sh's time box for
+    `pytest -m gpu`, every eager test runs before the compilations start."""
+    items.sort(key=lambda item: "-compiled" in item.nodeid)
+
+
 # A small, fast, learnable set-up for end-to-end runs on a CPU.
 TINY = ["data=synthetic", "model=alexnet_cifar", "model.width=0.25", "optimizer=adam", "trainer.device=cpu",
         "wandb.mode=offline"]

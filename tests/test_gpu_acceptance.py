@@ -122,8 +122,8 @@ def test_a_step_past_its_deadline_is_killed_with_its_children(tmp_path):
     acc = acceptance.Acceptance(tmp_path, budget=60, smoke=True, command="test")
     (tmp_path / "work").mkdir()
     pid_file = tmp_path / "child.pid"
-    # a parent that ignores SIGTERM, with a child: both must be gone when run() returns
-    code = (f"import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    # a parent that ignores SIGINT, with a child: both must be gone when run() returns
+    code = (f"import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
             f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
             f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)")
     started = time.monotonic()
