@@ -363,6 +363,15 @@ def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, root: Pat
     acc.record("tta.best_val_acc", summary.get("val/best_acc"), argv)
     acc.record("tta.train_seconds", summary.get("train/elapsed"), argv)
     acc.record("tta.epochs_done", len(curve), argv)
+    epoch_rows = [r for r in rows if "train/images_per_sec" in r and "train/time" in r]
+    if epoch_rows:  # for the hardware's floor on the training time (summary.md)
+        acc.record("tta.images_per_epoch", round(epoch_rows[0]["train/images_per_sec"] * epoch_rows[0]["train/time"]),
+                   argv)
+    if (run_dir / ".hydra" / "config.yaml").is_file():
+        import yaml  # a dependency of omegaconf: there once a run has started
+
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        acc.record("tta.epochs_planned", config["trainer"]["epochs"], argv)
     for threshold in (80, 85):
         reached = next((c["elapsed"] for c in curve if c["val_acc"] >= threshold / 100), None)
         acc.record(f"tta.seconds_to_val_{threshold}", reached, argv)
@@ -515,14 +524,24 @@ def why_section(s: dict) -> list[str]:
                   f"{profile['basis']} time per phase: {shares}; {profile['wall_ms_per_step']:.2f} ms per step "
                   f"under the profiler."]
         if ceiling and peak:
+            goal = next(g for k, _, g, _ in TARGETS if k == f"{key}.train.ours.images_per_s")
             lines.append(f"Hardware bound: {figures[f'{key}.flops_per_image'] / 1e9:.3f} GFLOP per training image at "
                          f"the measured {profile['precision']} matmul peak of {peak:.1f} TFLOP/s allows at most "
-                         f"{ceiling:,.0f} images/s; measured {fmt(rate)} ({100 * (rate or 0) / ceiling:.0f}% of it).")
+                         f"{ceiling:,.0f} images/s; measured {fmt(rate)} ({100 * (rate or 0) / ceiling:.0f}% of it). "
+                         f"The target of {goal:,} needs {100 * goal / ceiling:.0f}% of it"
+                         + (": unreachable on this hardware." if goal > ceiling else "."))
         lines += ["", "```", profile["top_ops"].rstrip(), "```"]
     curve = s["curves"].get("time_to_accuracy")
     if curve:
-        lines += ["", "## fast_cifar: val/acc against seconds of training", "", "| epoch | seconds | val/acc |",
-                  "|---|---|---|"]
+        lines += ["", "## fast_cifar: val/acc against seconds of training", ""]
+        ceiling = figures.get("bench.alexnet_cifar_32.train.ours.ceiling_images_per_s")  # same network and input
+        epochs, images = figures.get("tta.epochs_planned"), figures.get("tta.images_per_epoch")
+        if ceiling and epochs and images:
+            floor = epochs * images / ceiling
+            lines += [f"Hardware bound: {epochs} epochs x {images:,} images at the bench's ceiling of {ceiling:,.0f} "
+                      f"images/s for alexnet_cifar take at least {floor:.1f} s of training"
+                      + (" (more than the 30 s target: unreachable on this hardware)." if floor > 30 else "."), ""]
+        lines += ["| epoch | seconds | val/acc |", "|---|---|---|"]
         lines += [f"| {c['epoch']} | {c['elapsed']:.1f} | {c['val_acc']:.4f} |" for c in curve]
     return lines
 

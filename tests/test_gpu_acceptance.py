@@ -104,6 +104,7 @@ def check_markdown(text: str) -> None:
     assert "where one step of `ours` spends its time" in text and "Hardware bound:" in text
     assert "aten::" in text  # the profiler's operator table
     assert "## fast_cifar: val/acc against seconds of training" in text
+    assert "Hardware bound: 2 epochs x 96 images at the bench's ceiling" in text  # limit_batches 3 x batch 32
 
 
 def test_a_tiny_budget_times_steps_out_and_still_ends_in_time(tmp_path):
