@@ -185,20 +185,9 @@ def parse_variants(names: list[str], overrides: list[str], device: torch.device)
 def use_backend_flags(variant: Variant, torch_defaults: dict, device: torch.device) -> None:
     """The seed runs with torch's default flags; bare and ours with their trainer's."""
     if variant.base == "seed":
-        set_backend_flags(torch_defaults)
+        performance.restore_backend_flags(torch_defaults)
     else:
         performance.configure_backends(variant.cfg.trainer, device)
-
-
-def current_backend_flags() -> dict:
-    return {"benchmark": torch.backends.cudnn.benchmark, "matmul": torch.backends.cuda.matmul.fp32_precision,
-            "conv": torch.backends.cudnn.conv.fp32_precision}
-
-
-def set_backend_flags(flags: dict) -> None:
-    torch.backends.cudnn.benchmark = flags["benchmark"]
-    torch.backends.cuda.matmul.fp32_precision = flags["matmul"]
-    torch.backends.cudnn.conv.fp32_precision = flags["conv"]
 
 
 def train_segments(variant: Variant, split: Split, device: torch.device, steps: int, workers: int) -> Iterator[int]:
@@ -365,7 +354,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch_defaults = current_backend_flags()
+    torch_defaults = performance.backend_flags()
     base = to_typed(compose(args.overrides))
     device = resolve_device(base.trainer.device.value)
     # Process-wide, before anything runs, so that the seed-style loop (and its workers) get it too.

@@ -47,10 +47,27 @@ def configure_backends(trainer: TrainerConfig, device: torch.device) -> None:
     if device.type == "cpu":
         reuse_freed_memory()
     torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
-    # TF32 keeps fp32's range with a 10-bit mantissa: several times the fp32 matmul rate on tensor cores.
-    fp32_precision = "tf32" if trainer.tf32 else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = fp32_precision
-    torch.backends.cudnn.conv.fp32_precision = fp32_precision
+    set_tf32(trainer.tf32)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matmuls and convs: fp32's range with a 10-bit mantissa, several times the fp32 rate on tensor
+    cores. Through the legacy API, which every torch we support reads: once the newer `fp32_precision` setters
+    are used, the legacy getters that Inductor calls raise "mix of the legacy and new APIs" (torch 2.9 to 2.14)."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def backend_flags() -> dict:
+    """The process-wide flags that `configure_backends` sets, to save and restore them."""
+    return {"benchmark": torch.backends.cudnn.benchmark, "matmul": torch.get_float32_matmul_precision(),
+            "conv": torch.backends.cudnn.allow_tf32}
+
+
+def restore_backend_flags(flags: dict) -> None:
+    torch.backends.cudnn.benchmark = flags["benchmark"]
+    torch.set_float32_matmul_precision(flags["matmul"])
+    torch.backends.cudnn.allow_tf32 = flags["conv"]
 
 
 def reuse_freed_memory() -> bool:

@@ -35,8 +35,20 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value.float() - reference).norm() / reference.norm()).item()
 
 
+@pytest.fixture(autouse=True)
+def ieee_fp32():
+    """Each test starts from IEEE fp32 (no TF32, no autotuning) and leaves the flags as it found them: torch's
+    default lets cuDNN convs use TF32, which would make an fp32 reference inexact on a GPU."""
+    saved = performance.backend_flags()
+    performance.restore_backend_flags({"benchmark": False, "matmul": "highest", "conv": False})
+    yield
+    performance.restore_backend_flags(saved)
+
+
 def logits_and_grads(arch: str, device: torch.device, trainer_cfg, state: dict):
-    """Eval-mode logits and the training loss's gradients of a model with `state`, under these switches."""
+    """Eval-mode logits and the training loss's gradients of a model with `state`, under these switches (the
+    backend flags included, as a training run sets them)."""
+    performance.configure_backends(trainer_cfg, device)
     model = build_model(arch, input_size=SIZES[arch], width=0.25, dropout=0.0).to(device)
     model.load_state_dict(state)
     performance.set_memory_format(model, trainer_cfg)
@@ -78,7 +90,7 @@ def test_every_switch_combination_computes_the_same_function(arch, device, preci
     state = build_model(arch, input_size=SIZES[arch], width=0.25, dropout=0.0).state_dict()
     reference = logits_and_grads(arch, device, trainer(device, "precision=fp32", "channels_last=false",
                                                        "tf32=false"), state)
-    switched = logits_and_grads(arch, device, trainer(device, f"precision={precision}",
+    switched = logits_and_grads(arch, device, trainer(device, f"precision={precision}", "tf32=false",
                                                       f"channels_last={channels_last}", f"compile={compiled}"), state)
     for value, expected, tolerance, what in zip(switched, reference, TOLERANCE[precision], ("logits", "gradients")):
         error = relative_error(value, expected)
@@ -97,6 +109,30 @@ def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, benchmark):
     fast = trainer(cuda, "precision=fp32", f"tf32={tf32}", f"cudnn_benchmark={benchmark}")
     performance.configure_backends(fast, cuda)
     for value, expected in zip(logits_and_grads("alexnet", cuda, fast, state), reference):
+        assert relative_error(value, expected) < 5e-3  # TF32: 10 mantissa bits
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_the_tf32_switch_leaves_every_precision_getter_readable(tf32):
+    # Inductor reads the legacy getters; after the newer fp32_precision setters they raise (torch 2.9-2.14).
+    performance.configure_backends(trainer(CPU, f"tf32={tf32}"), CPU)
+    assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+    assert torch._C._get_cublas_allow_tf32() is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.allow_tf32 is tf32 and torch._C._get_cudnn_allow_tf32() is tf32
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the newer getters agree
+        assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if tf32 else "ieee")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compile_with_tf32_on_cuda_keeps_the_function():
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    state = build_model("alexnet_cifar", input_size=32, width=0.25, dropout=0.0).state_dict()
+    reference = logits_and_grads("alexnet_cifar", cuda, trainer(cuda, "precision=fp32", "tf32=false",
+                                                                "channels_last=false"), state)
+    fast = trainer(cuda, "precision=fp32", "tf32=true", "compile=true")
+    for value, expected in zip(logits_and_grads("alexnet_cifar", cuda, fast, state), reference):
         assert relative_error(value, expected) < 5e-3  # TF32: 10 mantissa bits
 
 
