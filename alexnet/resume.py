@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def rng_state(data_generator_state: torch.Tensor | None) -> dict:
-    """Every random state training draws from: python, numpy, torch (CPU and CUDA) and the data order."""
+def rng_state(data_generator_state: torch.Tensor | None, device: torch.device) -> dict:
+    """Every random state training draws from: python, numpy, torch (CPU, and the training GPU's) and the data
+    order. Only this device's CUDA state: a resume may see fewer GPUs (another machine, another rank set)."""
     import numpy as np  # here, not at the top: the run-dir resolver below is used before torch is needed
     import torch
 
@@ -27,12 +28,12 @@ def rng_state(data_generator_state: torch.Tensor | None) -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
                       "cached": float(cached)},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "data": data_generator_state}
 
 
-def restore_rng_state(state: dict) -> torch.Tensor | None:
-    """Restore what `rng_state` saved; returns the data generator's state for the loader."""
+def restore_rng_state(state: dict, device: torch.device) -> torch.Tensor | None:
+    """Restore what `rng_state` saved, the CUDA state onto this device; returns the data generator's state."""
     import numpy as np
     import torch
 
@@ -41,8 +42,12 @@ def restore_rng_state(state: dict) -> torch.Tensor | None:
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # checkpoints before 2026-11-26 held every visible GPU's state
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     return state["data"]
 
 

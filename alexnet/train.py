@@ -89,6 +89,16 @@ def checkpoint_bytes(model, optimizer_name: str) -> int:
     return 3 * weights * (1 + state_copies) + weights + 2**20
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict, saved_precision: str | None, precision: str) -> None:
+    """The fp16 gradient scaler's state. A run may resume in another precision (`auto` means bf16 on one GPU and
+    fp16 on an older one): a scaler that was off then starts fresh now, and finds its scale within a few steps."""
+    if saved_precision not in (None, precision):
+        log.warning("resuming a %s run in %s%s", saved_precision, precision,
+                    ": the fp16 gradient scaler starts fresh" if scaler.is_enabled() else "")
+    if scaler.is_enabled() and state:  # a disabled scaler saved {}: nothing to restore
+        scaler.load_state_dict(state)
+
+
 def find_checkpoint(resume: str, last: Path) -> tuple[dict, Path] | None:
     if resume == "never":
         return None
@@ -140,11 +150,11 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
+        restore_scaler(scaler, resumed["scaler"], resumed.get("precision"), precision)
         epoch, step, best_val_acc = resumed["epoch"], resumed["step"], resumed["best_val_acc"]
         trained_seconds = resumed.get("trained_seconds", 0.0)
         progress = EpochProgress.from_state(resumed["progress"], dist)
-        generator_state = restore_rng_state(resumed["rng"])
+        generator_state = restore_rng_state(resumed["rng"], device)
         if epoch >= cfg.trainer.epochs:
             log.info("resuming from %s: all %d epochs are done, only the final test runs again", path, epoch)
         else:
@@ -178,7 +188,8 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress_state,
             "best_val_acc": best_val_acc, "trained_seconds": trained_seconds,
             # the data generator's position matters mid-epoch only: a new epoch seeds its own
-            "rng": rng_state(train_loader.generator_state() if progress.batch else None),
+            "rng": rng_state(train_loader.generator_state() if progress.batch else None, device),
+            "precision": precision,
             "metrics_lines": tracker.lines, "config": config, "classes": data.classes, "run": run_info})
 
     best_state, exit_code, signals = None, 1, StopSignals()

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint
+from alexnet.resume import restore_rng_state, rng_state
+from alexnet.train import restore_scaler
 from conftest import TINY, run_cli
 from wandb_records import offline_runs, read_run
 
@@ -263,3 +265,35 @@ def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
     assert result.returncode == 2 and "stopping the sweep at its first failure" in result.stderr
     (sweep,) = tmp_path.glob("multirun/*/*")
     assert not (sweep / "1").exists()
+
+
+def test_the_cuda_random_state_is_this_devices_and_resumes_on_fewer_gpus(monkeypatch):
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((4,), device.index, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.update({device.index: state}))
+    saved = rng_state(None, torch.device("cuda", 5))  # written by the rank on GPU 5 of 8
+    restore_rng_state(saved, torch.device("cuda", 0))  # resumed where there is one GPU
+    assert restored[0].tolist() == [5] * 4 and list(restored) == [0]
+    old_format = {**saved, "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(2)]}  # every GPU's
+    restore_rng_state(old_format, torch.device("cuda", 1))
+    assert restored[1].tolist() == [1] * 4
+    restored.clear()
+    restore_rng_state(old_format, torch.device("cuda", 3))  # a GPU the old checkpoint knew nothing of
+    restore_rng_state(saved, torch.device("cpu"))
+    assert restored == {}
+
+
+def test_a_run_resumes_in_another_precision_with_a_fresh_scaler(caplog):
+    bf16_state = torch.amp.GradScaler("cpu", enabled=False).state_dict()
+    with pytest.raises(RuntimeError):  # what resuming a bf16 checkpoint in fp16 did before
+        torch.amp.GradScaler("cpu", enabled=True).load_state_dict(bf16_state)
+    fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**16)
+    with caplog.at_level("WARNING", logger="alexnet"):
+        restore_scaler(fp16, bf16_state, "bf16", "fp16")
+    assert fp16.get_scale() == 2.0**16 and "resuming a bf16 run in fp16: the fp16 gradient scaler starts fresh" \
+        in caplog.text
+    restore_scaler(torch.amp.GradScaler("cpu", enabled=False), fp16.state_dict(), "fp16", "bf16")  # no error
+    saved = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    same = torch.amp.GradScaler("cpu", enabled=True)
+    restore_scaler(same, saved.state_dict(), "fp16", "fp16")
+    assert same.get_scale() == 1024.0
