@@ -7,6 +7,8 @@ fully connected layers since its last feature map has 2,304 values instead of 6,
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alexnet.archs import ARCHS, POOL_KERNEL, POOL_STRIDE, ArchSpec, ConvSpec, feature_map_size, min_input_size
@@ -19,12 +21,26 @@ __all__ = ["ARCHS", "ArchSpec", "ConvSpec", "build_model", "count_parameters", "
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 
-def paper_lrn() -> nn.LocalResponseNorm:
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """torch's LocalResponseNorm (same arguments, same values) with the sum over the channel window taken as
+    `size` shifted slices. torch's is built on avg_pool3d, whose CUDA backward has no deterministic
+    implementation, so `model.lrn=true trainer.deterministic=true` would fail at the first backward on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"LocalResponseNorm here takes N x C x H x W input, not {x.dim()}-d")
+        channels = x.shape[1]
+        squares = F.pad(x.pow(2), (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))  # zero channels at both ends
+        window = sum(squares[:, i:i + channels] for i in range(self.size))
+        return x / (window * (self.alpha / self.size) + self.k).pow(self.beta)
+
+
+def paper_lrn() -> LocalResponseNorm:
     """LRN exactly as in the paper: b = a / (k + alpha * sum_{5 neighbours} a^2)^beta.
 
     torch divides alpha by `size` (it averages the squares instead of summing them), so pass alpha * size.
     """
-    return nn.LocalResponseNorm(size=LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+    return LocalResponseNorm(size=LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
 
 
 def _scaled(channels: int, width: float) -> int:

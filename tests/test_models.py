@@ -61,6 +61,46 @@ def test_lrn_matches_the_paper_formula():
     assert not torch.allclose(naive, expected, rtol=1e-4)  # torch's alpha is the paper's divided by n
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_equals_torchs_forward_and_backward_without_avg_pool3d(channels_last):
+    a = (torch.rand(2, 12, 5, 5, dtype=torch.float64) * 30).requires_grad_()
+    x = a.to(memory_format=torch.channels_last) if channels_last else a
+    ours = paper_lrn().double()(x)
+    theirs = torch.nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K).double()(a)
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)
+    weights = torch.randn_like(theirs)
+    (grad_ours,), (grad_theirs,) = (torch.autograd.grad((y * weights).sum(), a) for y in (ours, theirs))
+    assert torch.allclose(grad_ours, grad_theirs, rtol=1e-10, atol=1e-14)
+    # torch's backward goes through avg_pool3d, which has no deterministic CUDA kernel; ours must not
+    assert "AvgPool3DBackward0" in backward_ops(theirs) and not any("Pool" in op for op in backward_ops(ours))
+
+
+def backward_ops(output: torch.Tensor) -> set[str]:
+    """The names of every node in `output`'s autograd graph."""
+    visited, names, todo = set(), set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in visited:
+            visited.add(node)
+            names.add(type(node).__name__)
+            todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lrn_trains_with_deterministic_algorithms_on_cuda(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as seed_everything sets it
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = build_model("alexnet_cifar", lrn=True, width=0.25).cuda()
+        images = torch.randn(4, 3, 32, 32, device="cuda")
+        torch.nn.functional.cross_entropy(model(images), torch.arange(4, device="cuda")).backward()
+        assert all(p.grad is not None for p in model.parameters())
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_lrn_sits_after_the_first_two_conv_blocks(arch):
     layers = [type(m).__name__ for m in build_model(arch, lrn=True, width=0.125).modules()
