@@ -151,8 +151,10 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                 log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, progress.batch, len(loader),
                          window_mean, lr)
                 next_line += len(loader) / 10
-        # on the last batch the caller ends the epoch and checkpoints it; with DDP all ranks stop together
-        stop = dist.any(should_stop(), device) and not last
+        # On the last batch the caller ends the epoch and checkpoints it. With DDP all ranks stop together: they
+        # agree at log steps only, as agreeing is a collective and a host sync, which each step would pay for.
+        poll = not dist.active or step % trainer.log_every_n_steps == 0
+        stop = poll and dist.any(should_stop(), device) and not last
         if checkpoint is not None and not last and (stop or (
                 trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0)):
             check_finite()  # never checkpoint a broken model

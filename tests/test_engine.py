@@ -8,6 +8,7 @@ import torch
 
 from alexnet.config import compose, to_typed
 from alexnet.data import Loader, synthetic_images
+from alexnet.distributed import Dist
 from alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
 from alexnet.models import build_model
 
@@ -97,3 +98,50 @@ def test_grad_clipping_bounds_the_update():
           trainer("grad_clip_norm=0.001"))
     change = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(before, parts[1].parameters())))
     assert change <= 8 * 0.001 * 1.0001  # 8 steps, each of norm <= lr * clip
+
+
+class CountingDist(Dist):
+    """A stand-in for a one-rank process group that counts the collectives an epoch makes."""
+
+    def __init__(self):
+        super().__init__(backend="counting")
+        self.calls = 0
+
+    def sum(self, tensor):
+        self.calls += 1
+        return tensor.clone()
+
+    def max(self, tensor):
+        self.calls += 1
+        return tensor.clone()
+
+
+def syncs_per_epoch(batches: int, log_every: int, monkeypatch, dist: Dist | None = None) -> tuple[int, int]:
+    """(.item() calls, collectives) of one epoch of `batches` steps."""
+    items = []
+    original = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: items.append(1) or original(self))
+    dist = dist or CountingDist()
+    loader, model, _, _, scaler = setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, fused=True)  # impl=auto's; Adam's default syncs per step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    parts = [model, optimizer, scheduler, scaler]
+    loader = Loader(synthetic_images(32 * batches, 0.3, torch.Generator().manual_seed(0)), 32, 32, [0.5] * 3,
+                    [0.25] * 3, CPU, train=True, random_crop=True, hflip=True)
+    epoch(loader, *parts, trainer(f"log_every_n_steps={log_every}", "checkpoint_every_n_steps=null"), dist=dist)
+    monkeypatch.setattr(torch.Tensor, "item", original)
+    return len(items), getattr(dist, "calls", 0)
+
+
+@pytest.mark.parametrize("ddp", [False, True])
+def test_host_syncs_and_collectives_do_not_grow_with_the_steps_between_logs(monkeypatch, ddp):
+    # Each .item() (and each collective, with DDP) stalls a GPU; only log steps and the epoch's end may have them.
+    dist = (lambda: CountingDist()) if ddp else (lambda: Dist())
+    short = syncs_per_epoch(4, 4, monkeypatch, dist())
+    long = syncs_per_epoch(24, 24, monkeypatch, dist())
+    assert long == short, (short, long)
+    twice = syncs_per_epoch(24, 12, monkeypatch, dist())
+    per_log = (twice[0] - long[0], twice[1] - long[1])
+    # a log step: the non-finite check and the window's mean (and, with DDP, the stop poll): each an .item()
+    bound = (4, 3) if ddp else (2, 0)
+    assert per_log[0] <= bound[0] and per_log[1] <= bound[1], per_log
