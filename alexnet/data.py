@@ -239,7 +239,10 @@ class Loader:
         self.scale, self.shift = 1 / std, -torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255 / std
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.split) / self.batch_size)
+        # Training drops an epoch's partial last batch (its images come up in other epochs' full ones): a new batch
+        # shape would make torch.compile recompile and cuDNN pick algorithms again. Evaluation keeps every image.
+        n = len(self.split) // self.batch_size if self.train else math.ceil(len(self.split) / self.batch_size)
+        n = max(n, 1)  # a split smaller than one batch still trains, on one partial batch
         return min(n, self.max_batches) if self.max_batches else n
 
     def augmentation(self, n: int, generator: torch.Generator | None) -> dict:

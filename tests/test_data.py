@@ -9,7 +9,7 @@ from PIL import Image
 
 from alexnet import data as data_module
 from alexnet.config import compose, to_typed
-from alexnet.data import DataError, Loader, Split, crop_and_flip, load_dataset, split_train_val
+from alexnet.data import DataError, Loader, Split, crop_and_flip, load_dataset, split_train_val, synthetic_images
 
 
 def synthetic_cfg(*overrides):
@@ -189,3 +189,11 @@ def test_cifar10_missing_without_download_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="CIFAR-10 not found or corrupted") as e:
         load_dataset(cfg)
     assert "data.download=true" in str(e.value) and "data=synthetic" in str(e.value)
+
+
+def test_training_drops_the_partial_last_batch_and_evaluation_keeps_every_image():
+    split = synthetic_images(100, 0.3, torch.Generator().manual_seed(0))
+    train = list(Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'), train=True, hflip=True).batches(0))
+    assert [len(y) for _, y in train] == [32, 32, 32]  # one shape for compile and cuDNN
+    assert [len(y) for _, y in Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'))] == [32, 32, 32, 4]
+    assert [len(y) for _, y in Loader(split, 128, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'), train=True).batches(0)] == [100]

@@ -27,7 +27,7 @@ from wandb_records import offline_runs, read_run
 RESUMABLE = [*TINY, "model.width=0.125", "data.train_size=1200", "data.val_size=200", "data.test_size=200",
              "trainer.epochs=3", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=4",
              "trainer.deterministic=true"]
-TOTAL_STEPS = 48
+TOTAL_STEPS = 45  # 3 epochs of 15 full batches (1,000 training images, batch 64)
 COMPARED = ("train/loss", "train/lr", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/best_acc")
 
 INJECT = '''
