@@ -144,7 +144,7 @@ def our_loader(split: Split, cfg: Config, device: torch.device, seed: int = 0) -
     d = cfg.data
     return Loader(split, d.batch_size, cfg.model.input_size, d.mean, d.std, device, train=True,
                   random_crop=d.random_crop, crop_padding=d.crop_padding, hflip=d.hflip, seed=seed,
-                  channels_last=cfg.trainer.channels_last)
+                  channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device))
 
 
 # ----------------------------------------------------------------------------------------- training steps

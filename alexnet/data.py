@@ -225,8 +225,8 @@ class Loader:
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
                  train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
                  seed: int = 0, max_batches: int | None = None, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False):
-        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
+        self.rank, self.world_size, self.channels_last, self.dtype = rank, world_size, channels_last, dtype
         self.split = split.to(device)
         self.batch_size, self.input_size, self.device = batch_size, input_size, device
         self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
@@ -268,11 +268,19 @@ class Loader:
             x = self.split.images[index]
         # Normalize before resizing: the same result (resampling weights sum to 1), on far fewer pixels.
         x = torch.addcmul(self.shift, x.float(), self.scale)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=self.input_size < x.shape[-1])
-        # after resizing: on the CPU, NCHW resizing plus a layout copy is 1.8x faster than resizing in NHWC
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.device.type == "cuda" or self.dtype != torch.float32:
+            # Cast and lay out at 32x32, then resize: the large batch is written once, already in its final form.
+            x = x.to(self.dtype).contiguous(memory_format=layout)
+            return self.resize(x).contiguous(memory_format=layout)
+        # fp32 on the CPU: NCHW resizing plus a layout copy is 1.8x faster than resizing in NHWC (measured)
+        return self.resize(x).contiguous(memory_format=layout)
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.input_size and x.shape[-2] == self.input_size:
+            return x
+        return F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                             antialias=self.input_size < x.shape[-1])
 
     def batches(self, epoch: int = 0, start: int = 0, generator_state: torch.Tensor | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -94,6 +94,14 @@ def describe(trainer: TrainerConfig) -> str:
             f"compile {trainer.compile} | cudnn_benchmark {trainer.cudnn_benchmark} | tf32 {trainer.tf32}")
 
 
+def batch_dtype(trainer: TrainerConfig, device: torch.device) -> torch.dtype:
+    """The dtype batches are made in: on a GPU autocast's (so a 224 batch is written once, as the first conv reads
+    it), fp32 on the CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trainer.precision.value, torch.float32)
+
+
 def set_memory_format(model: nn.Module, trainer: TrainerConfig) -> nn.Module:
     """channels_last weights (in place, before the optimizer sees them) when the trainer asks for it."""
     return model.to(memory_format=torch.channels_last) if trainer.channels_last else model

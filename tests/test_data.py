@@ -197,3 +197,16 @@ def test_training_drops_the_partial_last_batch_and_evaluation_keeps_every_image(
     assert [len(y) for _, y in train] == [32, 32, 32]  # one shape for compile and cuDNN
     assert [len(y) for _, y in Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'))] == [32, 32, 32, 4]
     assert [len(y) for _, y in Loader(split, 128, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'), train=True).batches(0)] == [100]
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_batches_made_in_bf16_and_resized_last_stay_within_bf16_rounding(size):
+    # The GPU order (cast and go channels_last at 32x32, then resize) against the fp32 order.
+    split = synthetic_images(64, 0.3, torch.Generator().manual_seed(0))
+    args = (split, 16, size, [0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    (fp32, _), (bf16, _) = (next(Loader(*args, train=True, random_crop=True, hflip=True, channels_last=True,
+                                        dtype=dtype).batches(0)) for dtype in (torch.float32, torch.bfloat16))
+    assert bf16.dtype == torch.bfloat16 and bf16.shape == fp32.shape == (16, 3, size, size)
+    assert bf16.is_contiguous(memory_format=torch.channels_last)
+    error = (bf16.float() - fp32).abs().max() / fp32.abs().max()
+    assert 0 < error < 2**-7, error  # bf16 keeps 8 significant bits

@@ -334,3 +334,10 @@ def test_bench_reports_an_unwritable_json_path_after_its_tables(cli, tmp_path):
                  "--json", str(blocker / "bench.json"), module="bench")
     assert result.returncode == 2 and "cannot write --json" in result.stderr and "Traceback" not in result.stderr
     assert "GFLOP per image" in result.stdout  # the figures were printed before the error
+
+
+def test_batches_are_made_in_autocasts_dtype_on_a_gpu_only():
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert performance.batch_dtype(trainer(CPU, "precision=bf16"), CPU) == torch.float32
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+        assert performance.batch_dtype(trainer(cuda, f"precision={precision}"), cuda) == dtype
