@@ -175,7 +175,7 @@ def parse_variants(names: list[str], overrides: list[str], device: torch.device)
         cfg = to_typed(compose(overrides + extra))
         if base == "seed":  # the seed's step: fp32, NCHW, eager, torch's default optimizer implementation
             cfg.trainer = dataclasses.replace(cfg.trainer, precision=Precision.fp32, channels_last=False,
-                                              compile=False)
+                                              compile="false")
             cfg.optimizer = dataclasses.replace(cfg.optimizer, impl=OptimizerImpl.default)
         cfg.trainer = performance.resolve(cfg.trainer, device)
         variants.append(Variant(name, base, cfg))
@@ -476,7 +476,7 @@ def print_tables(result: dict) -> None:
         bare = result["train"].get("bare", {}).get("images_per_s")
         for name, f in result["train"].items():
             switches = (f"{f['precision']} {'nhwc' if f['channels_last'] else 'nchw'} "
-                        f"{'compiled ' if f['compile'] else ''}{f['optimizer_impl']}")
+                        f"{'' if f['compile'] == 'false' else 'compiled (' + f['compile'] + ') '}{f['optimizer_impl']}")
             memory = f"{f['peak_memory_gb']:.2f} GiB" if f["peak_memory_gb"] is not None else "-"
             table.add_row(name, switches, f"{f['images_per_s']:,.0f}", f"{f['min']:,.0f} - {f['max']:,.0f}",
                           f"{f['tflops']:.3f}", f"{100 * f['fraction_of_peak']:.1f}%", memory,

@@ -254,7 +254,9 @@ class TrainerConfig:
     precision: Precision = Precision.auto  # bf16/fp16 run the forward pass under torch.autocast
     # The fast path (alexnet/performance.py; measured with `python -m alexnet.bench`).
     channels_last: bool = True  # NHWC weights and activations: what tensor cores and oneDNN's fastest convs take
-    compile: bool = False  # torch.compile the model: faster steps after a one-off warm-up (see README)
+    # torch.compile the model: false | default (or true) | reduce-overhead (CUDA graphs) | max-autotune. Faster
+    # steps after a one-off warm-up (see README); each mode is one of torch.compile's.
+    compile: str = "false"
     cudnn_benchmark: bool = True  # cuDNN times its conv algorithms once per shape and keeps the fastest
     tf32: bool = True  # TF32 tensor cores for fp32 matmuls and convs on CUDA
     label_smoothing: float = 0.0
@@ -270,6 +272,8 @@ class TrainerConfig:
     strategy: Strategy = Strategy.single  # ddp: `torchrun --nproc_per_node=N -m alexnet.run trainer.strategy=ddp`
 
     def __post_init__(self) -> None:
+        self.compile = {"true": "default"}.get(str(self.compile).lower(), str(self.compile).lower())
+        _check(self.compile in COMPILE_MODES, "trainer.compile", self.compile, ", ".join(COMPILE_MODES) + " (or true)")
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         _check(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
                "trainer.checkpoint_every_n_steps", self.checkpoint_every_n_steps, "null or an integer >= 1")
@@ -282,6 +286,9 @@ class TrainerConfig:
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps,
                "an integer >= 1")
         _check(0 <= self.label_smoothing < 1, "trainer.label_smoothing", self.label_smoothing, "a float in [0, 1)")
+
+
+COMPILE_MODES = ("false", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass

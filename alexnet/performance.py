@@ -34,7 +34,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def resolve(trainer: TrainerConfig, device: torch.device) -> TrainerConfig:
     """The trainer config with `precision: auto` replaced by what it means on `device`."""
-    if trainer.compile and device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+    if compiled(trainer) and device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
         raise ConfigError("trainer.compile=true on the CPU needs a C++ compiler for torch.compile's generated "
                           "code, and none was found (g++, or $CXX). Fix: install one (e.g. `apt-get install "
                           "g++`) or drop trainer.compile=true.")
@@ -107,7 +107,14 @@ def set_memory_format(model: nn.Module, trainer: TrainerConfig) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if trainer.channels_last else model
 
 
+def compiled(trainer: TrainerConfig) -> bool:
+    return trainer.compile != "false"
+
+
 def maybe_compile(model: nn.Module, trainer: TrainerConfig) -> nn.Module:
-    """torch.compile'd when asked: the first steps (and the first of each new batch shape or train/eval mode)
-    pay for compilation, tens of seconds for AlexNet; parameters stay shared with `model`."""
-    return torch.compile(model) if trainer.compile else model
+    """torch.compile'd in `trainer.compile`'s mode when asked: the first steps (and the first of each new batch
+    shape or train/eval mode) pay for compilation, tens of seconds for AlexNet (more for max-autotune, which
+    times kernel choices); parameters stay shared with `model`."""
+    if not compiled(trainer):
+        return model
+    return torch.compile(model, mode=None if trainer.compile == "default" else trainer.compile)
