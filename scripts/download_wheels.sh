@@ -13,27 +13,33 @@
 # source only (antlr4-python3-runtime 4.9.3, which omegaconf pins) are built here into pure-Python wheels.
 set -euo pipefail
 
-usage() { echo "usage: scripts/download_wheels.sh DIR [--python-version X.Y] [--platform TAG] [--have FILE]" >&2; exit 2; }
+# usage PROBLEM [FIX]: one error line, exit 2
+usage() { echo "error: $1. Fix: ${2:-scripts/download_wheels.sh DIR [--python-version X.Y] [--platform TAG] [--have FILE]}." >&2; exit 2; }
 DIR="" PYV="3.12" PLATFORM="manylinux_2_28_x86_64" HAVE=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --python-version) [[ $# -ge 2 ]] || usage; PYV="$2"; shift 2 ;;
-        --platform) [[ $# -ge 2 ]] || usage; PLATFORM="$2"; shift 2 ;;
-        --have) [[ $# -ge 2 ]] || usage; HAVE="$2"; shift 2
-                [[ -f "$HAVE" ]] || { echo "error: --have $HAVE: no such file" >&2; exit 2; } ;;
+        --python-version) [[ $# -ge 2 ]] || usage "--python-version needs a value"; PYV="$2"; shift 2 ;;
+        --platform) [[ $# -ge 2 ]] || usage "--platform needs a value"; PLATFORM="$2"; shift 2 ;;
+        --have) [[ $# -ge 2 ]] || usage "--have needs a value"; HAVE="$2"; shift 2
+                [[ -f "$HAVE" ]] || usage "--have $HAVE is not a file (a pip freeze, or one name a line)" ;;
         -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) echo "error: unknown option $1" >&2; usage ;;
-        *) [[ -z "$DIR" ]] || usage; DIR="$1"; shift ;;
+        -*) usage "unknown option $1" ;;
+        *) [[ -z "$DIR" ]] || usage "one DIR only (got $DIR and $1)"; DIR="$1"; shift ;;
     esac
 done
-[[ -n "$DIR" ]] || usage
-[[ "$PYV" =~ ^3\.[0-9]+$ ]] || { echo "error: --python-version must look like 3.12, not '$PYV'" >&2; exit 2; }
+[[ -n "$DIR" ]] || usage "no DIR given"
+[[ "$PYV" =~ ^3\.[0-9]+$ ]] || usage "--python-version must look like 3.12, not '$PYV'"
+if [[ -e "$DIR" ]] && { [[ ! -d "$DIR" ]] || [[ -n "$(ls -A "$DIR")" ]]; }; then
+    usage "$DIR exists and is not an empty folder (old and new wheels mixed would install the wrong ones)" "pass a new folder"
+fi
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-python3}"
-mkdir -p "$DIR"
-DIR="$(cd "$DIR" && pwd)"
+"$PY" -m pip --version > /dev/null 2>&1 || usage "$PY has no pip" "set PYTHON to the Python this project is installed in"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+FINAL="$DIR"
+DIR="$WORK/wheels"  # filled here, moved to DIR only when complete: a failure leaves no half-made folder
+mkdir -p "$DIR"
 
 # 1. The project's requirements without torch and torchvision, and the names torch and torchvision bring.
 "$PY" "$REPO/scripts/requirements.py" --exclude-torch "$REPO/setup.cfg" > "$DIR/requirements.txt"
@@ -72,5 +78,7 @@ PLATFORMS=(--platform "$PLATFORM" --platform manylinux_2_17_x86_64 --platform ma
 "$PY" "$REPO/scripts/requirements.py" --drop "$WORK/present.txt" "$DIR"
 
 rm -f "$DIR"/*.tar.gz "$DIR"/*.zip  # sdists pip fetched while resolving; their wheels are built above
+mkdir -p "$FINAL" && mv "$DIR"/* "$FINAL"/
+DIR="$(cd "$FINAL" && pwd)"
 echo "wheels for Python $PYV in $DIR: $(ls "$DIR"/*.whl | wc -l) files, $(du -sh "$DIR" | cut -f1)"
 echo "install offline (next to torch and torchvision): pip install --no-index --find-links $DIR -r $DIR/requirements.txt"

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
@@ -82,9 +83,15 @@ class Acceptance:
         share = sum(SHARES[n] for n in names[:names.index(step) + 1])
         return self.start + self.budget * min(1.0, share)
 
-    def record(self, key: str, value, command: list[str] | str) -> None:
-        if value is not None:
-            self.figures[key] = {"value": value, "command": command if isinstance(command, str) else shlex.join(command)}
+    def record(self, key: str, value, command: list[str] | str, derived: str | None = None,
+               note: str | None = None) -> None:
+        """A figure and the command whose output it comes from; `derived` says how this script computed it from
+        that output (or around it), `note` records a figure that has no value (e.g. a threshold never reached)."""
+        if value is None and note is None:
+            return
+        figure = {"value": value, "command": command if isinstance(command, str) else shlex.join(command)}
+        figure.update({k: v for k, v in (("derived", derived), ("note", note)) if v})
+        self.figures[key] = figure
 
     def value(self, key: str):
         return self.figures.get(key, {}).get("value")
@@ -125,16 +132,48 @@ def run(acc: Acceptance, argv: list[str], log: Path, deadline: float) -> int | N
 
 
 def stop(proc: subprocess.Popen, grace: float) -> None:
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, None)):
+    """SIGINT to the command's process group and to every process below it (torchrun starts its workers in
+    sessions of their own), SIGKILL to whatever is left after `grace` seconds. A second Ctrl-C meanwhile waits:
+    it must not cut this short and orphan the step."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        family = descendants(proc.pid)
+        signal_all(proc.pid, family, signal.SIGINT)
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            continue
+            pass
+        family |= descendants(proc.pid)
+        signal_all(proc.pid, family, signal.SIGKILL)
+        proc.wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def signal_all(group: int, pids: set[int], sig: int) -> None:
+    for kill, target in [(os.killpg, group)] + [(os.kill, pid) for pid in pids]:
+        try:
+            kill(target, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` now (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # a process that just ended
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def alexnet(module: str, *args: str) -> list[str]:
@@ -167,7 +206,8 @@ print(json.dumps(info))
 def probe_environment(acc: Acceptance) -> dict:
     result = subprocess.run([PY, "-c", PROBE], capture_output=True, text=True, env=subprocess_env(acc), timeout=120)
     if result.returncode != 0:
-        raise UsageError(f"cannot import torch with {PY}: {result.stderr.strip().splitlines()[-1:]}. Fix: run this "
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UsageError(f"cannot import torch with {PY} ({last}). Fix: run this "
                          f"with a Python that has torch and torchvision (PYTHON=... bash scripts/gpu_acceptance.sh).")
     info = json.loads(result.stdout.strip().splitlines()[-1])
     info["driver"] = command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
@@ -194,21 +234,36 @@ def print_environment(info: dict) -> None:
     sys.stdout.flush()
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """What can be checked before --out is claimed, so that a mistyped path costs nothing."""
+    if args.wheels and not (args.wheels / "requirements.txt").is_file():
+        raise UsageError(f"--wheels {args.wheels}: no requirements.txt there. Fix: fill the folder with "
+                         f"scripts/download_wheels.sh {args.wheels} --python-version X.Y on a connected machine.")
+    if args.data and not args.data.exists():
+        raise UsageError(f"--data {args.data}: no such file or folder. Fix: pass the JPEG CIFAR-10 tarball or its "
+                         f"unpacked folder (with train/ and test/ inside).")
+    if args.data and args.data.is_file() and not tarfile.is_tarfile(args.data):
+        raise UsageError(f"--data {args.data} is a file but not a tarball. Fix: pass cifar10-jpeg.tar.gz or a "
+                         f"folder.")
+
+
 def install_wheels(acc: Acceptance, wheels: Path) -> None:
+    """The folder's packages into this Python's environment, with pip checking every requirement; where that
+    environment is read-only, every wheel of the folder into work/site instead (unchecked: said in the step)."""
     requirements = wheels / "requirements.txt"
-    if not requirements.is_file():
-        raise UsageError(f"--wheels {wheels}: no requirements.txt there. Fix: fill the folder with "
-                         f"scripts/download_wheels.sh {wheels} --python-version X.Y on a connected machine.")
     log = acc.out / "logs" / "wheels.log"
     started = now()
     pip = [PY, "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "--no-warn-script-location"]
-    code = run(acc, pip + ["--find-links", str(wheels), "-r", str(requirements)], log, acc.start + acc.budget)
-    how = "into the environment"
-    if code != 0:  # e.g. a read-only environment: every wheel of the folder into work/site, on PYTHONPATH
+    if os.access(sysconfig.get_paths()["purelib"], os.W_OK):
+        code = run(acc, pip + ["--find-links", str(wheels), "-r", str(requirements)], log, acc.start + acc.budget)
+        how = "into the environment"
+    else:
         site = acc.work / "site"
         code = run(acc, pip + ["--no-deps", "--target", str(site), *map(str, sorted(wheels.glob("*.whl")))], log,
                    acc.start + acc.budget)
-        acc.site_packages, how = site, f"into {site} (the environment refused them)"
+        acc.site_packages = site
+        sys.path.insert(0, str(site))  # this script reads YAML with them too
+        how = f"into {site}, as the environment is read-only (versions not checked against the image's)"
     acc.steps["install_wheels"] = {"status": "passed" if code == 0 else "failed", "seconds": round(now() - started, 1),
                                    "log": "logs/wheels.log", "reason": how if code == 0 else f"pip exited {code}"}
     if code != 0:
@@ -220,17 +275,18 @@ def prepare_data(acc: Acceptance, data: Path | None) -> Path | None:
     """An ImageFolder root (train/ and test/ inside) from --data: a folder, or a tarball unpacked into work/."""
     if data is None:
         return None
-    if not data.exists():
-        raise UsageError(f"--data {data}: no such file or folder. Fix: pass the JPEG CIFAR-10 tarball or its "
-                         f"unpacked folder (with train/ and test/ inside).")
     root = data
     if data.is_file():
-        if not tarfile.is_tarfile(data):
-            raise UsageError(f"--data {data} is a file but not a tarball. Fix: pass cifar10-jpeg.tar.gz or a folder.")
         root = acc.work / "data"
         root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(data) as tar:
-            tar.extractall(root, filter="data")
+        try:
+            with tarfile.open(data) as tar:
+                tar.extractall(root, filter="data")  # refuses members outside root and links out of it
+        except (tarfile.TarError, EOFError, OSError) as e:
+            shutil.rmtree(root, ignore_errors=True)
+            raise UsageError(f"--data {data}: cannot unpack it ({type(e).__name__}: {e}). Fix: pass an intact "
+                             f"tarball of an ImageFolder tree (train/<class>/*, test/<class>/*) with no paths "
+                             f"or links leading out of it.") from None
         inner = [p for p in root.iterdir() if p.is_dir()]
         if not (root / "train").is_dir() and len(inner) == 1:
             root = inner[0]  # a tarball with one top folder
@@ -252,7 +308,7 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
     code = run(acc, argv, log, deadline)
     counts = junit_counts(junit)
     for key, value in counts.items():
-        acc.record(f"gpu_tests.{key}", value, argv)
+        acc.record(f"gpu_tests.{key}", value, argv, derived="counted in pytest's JUnit report")
     note = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
     if code is None:
         return "timeout", note + ", stopped at the deadline"
@@ -322,7 +378,8 @@ def record_bench(acc: Acceptance, name: str, result: dict, argv: list[str]) -> N
     ours = result["train"].get("ours")
     if ours:  # what the hardware allows: the measured matmul peak of our precision over our FLOPs per image
         ceiling = result["peak_tflops"][ours["precision"]] * 1e12 / result["flops_per_image"]
-        acc.record(f"{key}.train.ours.ceiling_images_per_s", ceiling, argv)
+        acc.record(f"{key}.train.ours.ceiling_images_per_s", ceiling, argv,
+                   derived="peak_tflops of ours' precision x 1e12 / flops_per_image, both from the command's --json")
     if "profile" in result:
         acc.profiles[name] = {**result["profile"], "precision": ours["precision"] if ours else None}
         for phase, share in result["profile"]["phase_share"].items():
@@ -366,7 +423,7 @@ def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, root: Pat
     epoch_rows = [r for r in rows if "train/images_per_sec" in r and "train/time" in r]
     if epoch_rows:  # for the hardware's floor on the training time (summary.md)
         acc.record("tta.images_per_epoch", round(epoch_rows[0]["train/images_per_sec"] * epoch_rows[0]["train/time"]),
-                   argv)
+                   argv, derived="train/images_per_sec x train/time of the first epoch (metrics.jsonl)")
     if (run_dir / ".hydra" / "config.yaml").is_file():
         import yaml  # a dependency of omegaconf: there once a run has started
 
@@ -374,7 +431,9 @@ def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, root: Pat
         acc.record("tta.epochs_planned", config["trainer"]["epochs"], argv)
     for threshold in (80, 85):
         reached = next((c["elapsed"] for c in curve if c["val_acc"] >= threshold / 100), None)
-        acc.record(f"tta.seconds_to_val_{threshold}", reached, argv)
+        acc.record(f"tta.seconds_to_val_{threshold}", reached, argv,
+                   derived=f"train/elapsed of the first epoch with val/acc >= 0.{threshold} (metrics.jsonl)",
+                   note=f"not reached in {len(curve)} epochs" if curve and reached is None else None)
     if code is None:
         return "timeout", f"stopped at its deadline after {len(curve)} epochs"
     if code != 0:
@@ -393,7 +452,7 @@ def step_ddp(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
     code = run(acc, argv, log, deadline)
     if code is None:
         return "timeout", "stopped at its deadline"
-    acc.record("ddp.seconds", round(now() - started, 1), argv)
+    acc.record("ddp.seconds", round(now() - started, 1), argv, derived="wall-clock seconds of the command")
     text = log.read_text()
     backend = "gloo" if acc.smoke else "nccl"
     if code != 0:
@@ -468,15 +527,20 @@ def check_targets(acc: Acceptance) -> list[dict]:
     rows = []
     for key, comparison, goal, label in TARGETS:
         value = acc.value(key)
-        met = None if value is None else (value >= goal if comparison == ">=" else value <= goal)
+        note = acc.figures.get(key, {}).get("note")  # measured, but no value: e.g. never reached
+        met = (False if note else None) if value is None else (value >= goal if comparison == ">=" else value <= goal)
         margin = None if not value else (value / goal - 1 if comparison == ">=" else goal / value - 1)
-        rows.append({"key": key, "target": label, "goal": f"{comparison} {goal:,}", "value": value, "met": met,
-                     "margin": margin})
+        rows.append({"key": key, "target": label, "goal": f"{comparison} {goal:,}", "value": value if note is None
+                     else note, "met": met, "margin": margin})
     return rows
 
 
 def summary(acc: Acceptance) -> dict:
+    site = f"{os.pathsep}{acc.site_packages}" if acc.site_packages else ""
     return {"smoke": acc.smoke, "command": acc.command, "started": acc.started_at, "budget_s": acc.budget,
+            "how_commands_ran": f"from {REPO} with PYTHONPATH={REPO}{site}, WANDB_MODE=offline; a training command "
+                                f"run again finds its finished run in the same run dir (trainer.resume=auto): give "
+                                f"it another hydra.run.dir or hydra.sweep.dir to train anew",
             "wall_s": round(now() - acc.start, 1), "environment": acc.environment, "steps": acc.steps,
             "targets": check_targets(acc), "figures": acc.figures, "curves": acc.curves, "profiles": acc.profiles}
 
@@ -500,13 +564,14 @@ def summary_markdown(s: dict) -> str:
              "| target | goal | measured | | margin |", "|---|---|---|---|---|"]
     for t in s["targets"]:
         verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
-        margin = "-" if t["margin"] is None else f"{100 * t['margin']:+.0f}%"
+        margin = "-" if t["margin"] is None else f"{100 * t['margin']:+.1f}%"
         lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['value'])} | {verdict} | {margin} |")
     lines += ["", "| step | status | seconds | note | log |", "|---|---|---|---|---|"]
     for name, step in s["steps"].items():
         lines.append(f"| {name} | {step['status']} | {step['seconds']} | {step.get('reason', '')} | {step['log']} |")
     lines += why_section(s)
-    lines += ["", f"Every figure, with the command that produced it: summary.json ({len(s['figures'])} figures)."]
+    lines += ["", f"Every figure, with the command that produced it: summary.json ({len(s['figures'])} figures). "
+                  f"The commands ran {s['how_commands_ran']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -526,7 +591,7 @@ def why_section(s: dict) -> list[str]:
         if ceiling and peak:
             goal = next(g for k, _, g, _ in TARGETS if k == f"{key}.train.ours.images_per_s")
             lines.append(f"Hardware bound: {figures[f'{key}.flops_per_image'] / 1e9:.3f} GFLOP per training image at "
-                         f"the measured {profile['precision']} matmul peak of {peak:.1f} TFLOP/s allows at most "
+                         f"the measured {profile['precision']} matmul peak of {peak:.3g} TFLOP/s allows at most "
                          f"{ceiling:,.0f} images/s; measured {fmt(rate)} ({100 * (rate or 0) / ceiling:.0f}% of it). "
                          f"The target of {goal:,} needs {100 * goal / ceiling:.0f}% of it"
                          + (": unreachable on this hardware." if goal > ceiling else "."))
@@ -557,24 +622,37 @@ def write_summary(acc: Acceptance) -> dict:
 
 # --------------------------------------------------------------------------------------------------- main
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, with the fix, exit 2
+        print(f"error: {message}. Fix: see `bash scripts/gpu_acceptance.sh --help`.", file=sys.stderr)
+        sys.exit(2)
+
+
+def absolute(path: str) -> Path:
+    """Relative to where the command was typed, `..` folded (mkdir must not create the folder it passes)."""
+    return Path(os.path.abspath(path))
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bash scripts/gpu_acceptance.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="a new or empty folder for the results")
+    parser = Parser(prog="bash scripts/gpu_acceptance.sh", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--out", type=absolute, required=True, help="a new or empty folder for the results")
     parser.add_argument("--budget", type=float, default=480, help="seconds for the whole run (default 480)")
-    parser.add_argument("--wheels", type=Path, help="install missing dependencies offline from this folder of wheels "
-                                                    "(made by scripts/download_wheels.sh)")
-    parser.add_argument("--data", type=Path, help="the JPEG CIFAR-10 tarball or its unpacked ImageFolder root")
+    parser.add_argument("--wheels", type=absolute, help="install missing dependencies offline from this folder of "
+                                                        "wheels (made by scripts/download_wheels.sh)")
+    parser.add_argument("--data", type=absolute, help="the JPEG CIFAR-10 tarball or its unpacked ImageFolder root")
     parser.add_argument("--smoke", action="store_true", help="every step on the CPU at toy size (tests the script)")
     args = parser.parse_args(argv)
     if not 10 <= args.budget <= 24 * 3600:
-        parser.error("--budget must be between 10 and 86400 seconds")
+        parser.error(f"--budget {args.budget} is outside 10 to 86400 seconds")
     return args
 
 
-def prepare_out(out: Path) -> Path:
+def claim_out(out: Path) -> bool:
+    """Make --out ours; True if it did not exist (so an error can remove it again)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty folder: a second run there would mix its runs with "
                          f"the first one's. Fix: pass a new folder.")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir()  # atomic: of two runs started at once on one --out, the second stops here
@@ -582,7 +660,16 @@ def prepare_out(out: Path) -> Path:
         raise UsageError(f"--out {out} was just taken by another run. Fix: pass a new folder.") from None
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}. Fix: pass a writable folder.") from None
-    return out.resolve()
+    return created
+
+
+def release_out(out: Path, created: bool) -> None:
+    """After an error before the steps: leave --out as it was, so that the corrected command can use it."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        for path in out.iterdir():
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def run_steps(acc: Acceptance, root: Path | None) -> None:
@@ -610,40 +697,56 @@ def run_steps(acc: Acceptance, root: Path | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-
     def interrupted(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, interrupted)
-    signal.signal(signal.SIGTERM, interrupted)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # started with it ignored (nohup, `&`): keep it so
+            signal.signal(sig, interrupted)
     acc = None
     try:
-        out = prepare_out(args.out)
-        acc = Acceptance(out, args.budget, args.smoke, shlex.join(["bash", "scripts/gpu_acceptance.sh", *argv]))
-        if args.wheels:
-            install_wheels(acc, args.wheels.resolve())
-        acc.environment = probe_environment(acc)
-        print_environment(acc.environment)
-        if not acc.environment["cuda_available"] and not args.smoke:
-            write_summary(acc)
-            raise UsageError("no CUDA device is visible to torch here (see the environment above). Fix: run this on "
-                             "a machine with an NVIDIA GPU and a CUDA build of torch, or pass --smoke to exercise the "
-                             "script on the CPU.")
-        root = prepare_data(acc, args.data.resolve() if args.data else None)
+        args = parse_args(argv)
+        check_inputs(args)
+        created = claim_out(args.out)
+        acc = Acceptance(args.out, args.budget, args.smoke, shlex.join(["bash", "scripts/gpu_acceptance.sh", *argv]))
+        try:
+            root = set_up(acc, args)
+        except UsageError:
+            release_out(args.out, created)
+            raise
         run_steps(acc, root)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
         if acc is not None:
+            if not any(step["status"] == "interrupted" for step in acc.steps.values()):
+                acc.steps["set_up"] = {"status": "interrupted", "reason": "stopped before the first step",
+                                       "seconds": round(now() - acc.start, 1), "log": "-"}
             write_summary(acc)
-        print(f"stopped by {e}; the summary so far is in {args.out}", file=sys.stderr)
+        print(f"stopped by {e}; the summary so far is in {argv_out(argv)}", file=sys.stderr)
         return 130
     s = write_summary(acc)
     failed = [n for n, step in s["steps"].items() if step["status"] not in ("passed", "skipped")]
     print(f"summary: {acc.out / 'summary.md'} ({s['wall_s']:.0f} s)" + (f"; not passed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def set_up(acc: Acceptance, args: argparse.Namespace) -> Path | None:
+    """Wheels, the environment, the CUDA check and the data: the ImageFolder root, or None."""
+    if args.wheels:
+        install_wheels(acc, args.wheels)
+    acc.environment = probe_environment(acc)
+    print_environment(acc.environment)
+    if not acc.environment["cuda_available"] and not args.smoke:
+        raise UsageError("no CUDA device is visible to torch here (see the environment above). Fix: run this on "
+                         "a machine with an NVIDIA GPU and a CUDA build of torch, or pass --smoke to exercise the "
+                         "script on the CPU.")
+    return prepare_data(acc, args.data)
+
+
+def argv_out(argv: list[str]) -> str:
+    return next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), "--out")
 
 
 if __name__ == "__main__":

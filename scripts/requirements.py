@@ -46,8 +46,9 @@ def torch_closure(python_version: str) -> set[str]:
             requires = metadata.requires(name) or []
         except metadata.PackageNotFoundError:
             if name in TORCH:
-                sys.exit(f"error: {name} is not installed here, so what it brings is unknown. Fix: pip install -e . "
-                         f"first, then run this again.")
+                print(f"error: {name} is not installed here, so what it brings is unknown. Fix: pip install -e . "
+                      f"first, then run this again.", file=sys.stderr)
+                sys.exit(2)
             continue  # a requirement of another platform or Python
         for line in requires:
             requirement = Requirement(line)
@@ -71,6 +72,9 @@ def drop(names_file: Path, folder: Path) -> None:
 
 if __name__ == "__main__":
     flag, *args = sys.argv[1:] or ["--help"]
+    if len(args) != {"--exclude-torch": 1, "--torch-closure": 1, "--names": 1, "--drop": 2}.get(flag, len(args)):
+        print(f"error: wrong arguments for {flag}. Fix: see `python scripts/requirements.py --help`.", file=sys.stderr)
+        sys.exit(2)
     if flag == "--exclude-torch":
         print("\n".join(project_requirements(Path(args[0]))))
     elif flag == "--torch-closure":

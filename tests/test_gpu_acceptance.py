@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -40,8 +41,8 @@ def start(*args: str, **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
-def acceptance_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = start(*args)
+def acceptance_cli(*args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    proc = start(*args, **kwargs)
     stdout, stderr = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -109,9 +110,10 @@ def check_markdown(text: str) -> None:
 
 def test_a_tiny_budget_times_steps_out_and_still_ends_in_time(tmp_path):
     started = time.monotonic()
-    result = acceptance_cli("--smoke", "--out", str(tmp_path / "out"), "--budget", "12")
+    # from another folder, with a relative --out: it lands where the command was typed
+    result = acceptance_cli("--smoke", "--out", "out", "--budget", "12", cwd=tmp_path)
     wall = time.monotonic() - started
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())  # in the folder it ran from
     statuses = [summary["steps"][name]["status"] for name in STEPS]
     assert result.returncode == 1, result.stdout
     assert "timeout" in statuses and set(statuses) <= {"passed", "timeout", "skipped"}, statuses
@@ -119,13 +121,23 @@ def test_a_tiny_budget_times_steps_out_and_still_ends_in_time(tmp_path):
     assert wall < 12 + 6, wall  # the budget, plus Python's start and the last summary
 
 
+def test_download_wheels_refuses_a_used_folder_before_fetching_anything(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = subprocess.run(["bash", str(REPO / "scripts" / "download_wheels.sh"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "not an empty folder" in result.stderr
+    assert (tmp_path / "mine.txt").read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_a_step_past_its_deadline_is_killed_with_its_children(tmp_path):
     acc = acceptance.Acceptance(tmp_path, budget=60, smoke=True, command="test")
     (tmp_path / "work").mkdir()
     pid_file = tmp_path / "child.pid"
-    # a parent that ignores SIGINT, with a child: both must be gone when run() returns
+    # a parent that ignores SIGINT, with a child in a session of its own (as torchrun starts its workers) that
+    # ignores it too: both must be gone when run() returns
+    stubborn = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
     code = (f"import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-            f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"child = subprocess.Popen([sys.executable, '-c', {stubborn!r}], start_new_session=True); "
             f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)")
     started = time.monotonic()
     assert acceptance.run(acc, [sys.executable, "-c", code], tmp_path / "log", time.monotonic() + 4) is None
@@ -161,17 +173,24 @@ def test_ctrl_c_stops_the_step_and_keeps_the_summary_so_far(tmp_path):
     (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/nowhere"], "--data {tmp}/nowhere: no such file or folder"),
     (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/full"], "no train/ and test/ folders"),
     (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/full/file.txt"], "is a file but not a tarball"),
+    (["--out", "{tmp}/out", "--smoke", "--data", "{tmp}/escape.tar"], "cannot unpack it (OutsideDestinationError"),
     (["--out", "{tmp}/out", "--smoke", "--wheels", "{tmp}"], "no requirements.txt there"),
-    (["--out", "{tmp}/out", "--budget", "5"], "--budget must be between 10 and 86400"),
+    (["--out", "{tmp}/out", "--budget", "5"], "--budget 5.0 is outside 10 to 86400 seconds"),
+    (["--out", "{tmp}/out", "--smok"], "unrecognized arguments: --smok"),
 ])
-def test_bad_inputs_exit_2_with_the_fix(tmp_path, args, message):
+def test_bad_inputs_exit_2_with_the_fix_and_leave_out_as_it_was(tmp_path, args, message):
     if "no CUDA" in message and acceptance_cuda():
         pytest.skip("this machine has CUDA")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "file.txt").write_text("x")
+    with tarfile.open(tmp_path / "escape.tar", "w") as tar:  # a member that would land outside the folder
+        tar.add(tmp_path / "full" / "file.txt", arcname="../../escaped.txt")
     result = acceptance_cli(*[a.format(tmp=tmp_path) for a in args], timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and "Fix: " in result.stderr, result.stderr
     assert message.format(tmp=tmp_path) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # the corrected command can use the same --out
+    assert not (tmp_path.parent / "escaped.txt").exists()
 
 
 def acceptance_cuda() -> bool:
