@@ -268,6 +268,30 @@ def matmul_peak_tflops(dtype: torch.dtype, device: torch.device, repeats: int) -
     return 2 * n**3 / min(clock.intervals()) / 1e12
 
 
+def checkpoint_seconds(cfg: Config, device: torch.device) -> dict:
+    """What a run's last.pt costs (model and optimizer state after a step): the copy to host memory, which the
+    training thread waits for, and the hashing, writing and fsync, which a background thread does meanwhile."""
+    import tempfile
+
+    from alexnet.checkpoint import save_checkpoint, to_host
+
+    model = performance.set_memory_format(model_from_config(cfg.model, num_classes=10).to(device), cfg.trainer)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.data.batch_size, device)
+    size = cfg.model.input_size
+    F.cross_entropy(model(torch.randn(2, 3, size, size, device=device)), torch.arange(2, device=device)).backward()
+    optimizer.step()  # the optimizer's state exists from the first step on
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    start = time.perf_counter()
+    host_state = to_host(state)
+    copied = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "last.pt"
+        save_checkpoint(path, host_state, keep_previous=False)
+        written = time.perf_counter()
+        size_bytes = path.stat().st_size
+    return {"bytes": size_bytes, "to_host_s": copied - start, "write_s": written - copied}
+
+
 # ------------------------------------------------------------------------------------------------ profile
 
 PHASES = ("data", "forward", "backward", "optimizer")  # record_function ranges of alexnet.data and .engine
@@ -417,6 +441,7 @@ def run(args: argparse.Namespace) -> dict:
             peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
         result["train"][variant.name] = figures
         print(f"train {variant.name}: {figures['images_per_s']:,.0f} images/s", file=sys.stderr)
+    result["checkpoint"] = checkpoint_seconds(ours_cfg, device)
     if args.profile:
         ours = next((v for v in variants if v.name == "ours"), None) or parse_variants(["ours"], args.overrides,
                                                                                      device)[0]
@@ -483,6 +508,10 @@ def print_tables(result: dict) -> None:
                           f"{f['images_per_s'] / seed:.2f}x" if seed else "",
                           f"{f['images_per_s'] / bare:.3f}x" if bare and name != "seed" else "")
         console.print(table)
+    c = result["checkpoint"]
+    console.print(f"checkpoint (model + optimizer state, {c['bytes'] / 2**20:,.0f} MiB): {c['to_host_s']:.3f} s to "
+                  f"copy to host memory (training waits), {c['write_s']:.3f} s to hash, write and fsync (in the "
+                  f"background)")
     console.print(f"process peak RSS {result['max_rss_gb']:.2f} GiB")
     if "profile" in result:
         print_profile(result["profile"])

@@ -159,8 +159,8 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                 trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0)):
             check_finite()  # never checkpoint a broken model
             progress.elapsed += time.perf_counter() - start
-            start = time.perf_counter()
             checkpoint(step, progress)
+            start = time.perf_counter()  # checkpoint time is not training time (images/s, train/elapsed)
         if stop:
             bar.close()
             return None, step

@@ -7,6 +7,7 @@ checkpoint and stop cleanly. Everything is logged through `Tracker`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet import distributed, performance
-from alexnet.checkpoint import check_writable, digest, load_checkpoint, load_latest, save_checkpoint
+from alexnet.checkpoint import CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
 from alexnet.config import Config, ConfigError, to_dict
 from alexnet.data import Loader, load_dataset
 from alexnet.distributed import Dist
@@ -178,12 +179,14 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
     step_model = performance.maybe_compile(ddp_model, cfg.trainer)  # shares its parameters with `model`
     eval_model = step_model if not dist.active else performance.maybe_compile(model, cfg.trainer)
 
+    checkpoints = CheckpointWriter()  # writes in the background while training goes on
+
     def save_last(step: int, progress: EpochProgress) -> None:
         """Everything needed to continue as if nothing happened (rank 0 writes it; a collective with DDP)."""
         progress_state = progress.state_dict(dist)
         if not dist.is_main:
             return
-        save_checkpoint(ckpt_dir / "last.pt", {
+        checkpoints.save(ckpt_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "progress": progress_state,
             "best_val_acc": best_val_acc, "trained_seconds": trained_seconds,
@@ -219,11 +222,12 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
                 if cfg.trainer.save_checkpoints:
                     save_last(step, progress)
                     if improved and dist.is_main:
-                        save_checkpoint(ckpt_dir / "best.pt", {
+                        checkpoints.save(ckpt_dir / "best.pt", {
                             "model": model.state_dict(), "epoch": epoch, "step": step, "val_acc": val["acc"],
                             "config": config, "classes": data.classes, "run": run_info}, keep_previous=False)
                 elif improved:  # no files: keep the best weights in memory for the final test
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        checkpoints.wait()  # every checkpoint on disk (or its error raised) before anything reads or reports one
         if signals.requested():
             exit_code = signals.exit_code
             log.warning("stopped at epoch %d, step %d by a signal; %s", epoch + 1, step,
@@ -255,5 +259,8 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
             tracker.log_model(ckpt_dir / "best.pt", {**summary, "config": config})
         exit_code = 0
     finally:
+        if exit_code != 0:  # an error is on its way out: let the last write finish, without masking that error
+            with contextlib.suppress(Exception):
+                checkpoints.wait()
         tracker.finish(exit_code)
     return best_val_acc

@@ -371,6 +371,8 @@ def record_bench(acc: Acceptance, name: str, result: dict, argv: list[str]) -> N
             acc.record(f"{key}.train.{variant}.{figure}", figures[figure], argv)
     for precision, tflops in result["peak_tflops"].items():
         acc.record(f"{key}.peak_tflops.{precision}", tflops, argv)
+    for figure in ("to_host_s", "write_s", "bytes"):
+        acc.record(f"{key}.checkpoint.{figure}", result["checkpoint"][figure], argv)
     ratios = result["ratios"]
     acc.record(f"{key}.data.ours_over_seed", ratios.get("data ours / seed"), argv)
     acc.record(f"{key}.train.ours_over_seed", ratios.get("train ours / seed"), argv)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -145,3 +146,9 @@ def test_host_syncs_and_collectives_do_not_grow_with_the_steps_between_logs(monk
     # a log step: the non-finite check and the window's mean (and, with DDP, the stop poll): each an .item()
     bound = (4, 3) if ddp else (2, 0)
     assert per_log[0] <= bound[0] and per_log[1] <= bound[1], per_log
+
+
+def test_checkpoint_time_is_not_training_time():
+    parts = setup()
+    stats, _ = epoch(*parts, trainer("checkpoint_every_n_steps=2"), checkpoint=lambda step, progress: time.sleep(0.5))
+    assert stats["train/time"] < 1.5, stats  # 3 mid-epoch checkpoints of 0.5 s, none of them counted

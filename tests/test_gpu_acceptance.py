@@ -77,7 +77,8 @@ def check_figures(summary: dict, out: Path) -> None:
     for bench in ("alexnet_224", "alexnet_cifar_32"):
         for key in ("train.seed.images_per_s", "train.bare.images_per_s", "train.ours.images_per_s",
                     "train.ours.fraction_of_peak", "train.ours_over_seed", "train.ours_over_bare",
-                    "data.ours_over_seed", "peak_tflops.fp32", "flops_per_image", "train.ours.ceiling_images_per_s"):
+                    "data.ours_over_seed", "peak_tflops.fp32", "flops_per_image", "train.ours.ceiling_images_per_s",
+                    "checkpoint.write_s", "checkpoint.to_host_s", "checkpoint.bytes"):
             assert f"bench.{bench}.{key}" in figures, (bench, key)
         assert "--model alexnet" in figures[f"bench.{bench}.train.ours.images_per_s"]["command"]
         shares = [figures[f"bench.{bench}.profile.{p}_share"]["value"] for p in ("data", "forward", "backward",

@@ -300,6 +300,9 @@ def test_bench_measures_every_part_and_writes_json(cli, tmp_path):
     assert figures["ratios"]["train ours / bare"] == pytest.approx(ours / bare)
     assert figures["train"]["ours"]["tflops"] == pytest.approx(ours * figures["flops_per_image"] / 1e12)
     assert 0 < figures["peak_tflops"]["fp32"] and "data pipeline" in result.stdout and "vs bare" in result.stdout
+    checkpoint = figures["checkpoint"]  # model + SGD momentum in fp32, plus pickling's overhead
+    params = sum(p.numel() for p in build_model("alexnet_cifar", width=0.125).parameters())
+    assert 8 * params < checkpoint["bytes"] < 8 * params * 1.1 + 2**16 and checkpoint["write_s"] > 0
 
 
 @pytest.mark.parametrize("args,message", [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint
+from alexnet.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint
 from alexnet.resume import restore_rng_state, rng_state
 from alexnet.train import restore_scaler
 from conftest import TINY, run_cli
@@ -297,3 +297,20 @@ def test_a_run_resumes_in_another_precision_with_a_fresh_scaler(caplog):
     same = torch.amp.GradScaler("cpu", enabled=True)
     restore_scaler(same, saved.state_dict(), "fp16", "fp16")
     assert same.get_scale() == 1024.0
+
+
+def test_checkpoints_written_in_the_background_hold_the_state_at_save_time(tmp_path):
+    writer = CheckpointWriter()
+    weights = torch.zeros(1000)
+    writer.save(tmp_path / "last.pt", {"model": {"w": weights}, "step": 1})
+    weights += 1  # training goes on while the checkpoint is written
+    writer.save(tmp_path / "last.pt", {"model": {"w": weights}, "step": 2})  # waits for the first, keeps it as prev
+    writer.wait()
+    assert load_checkpoint(tmp_path / "last.pt")["model"]["w"].eq(1).all()
+    assert load_checkpoint(tmp_path / "last.prev.pt")["model"]["w"].eq(0).all()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    writer.save(blocker / "last.pt", {"step": 3})  # cannot be written: the error comes at the next wait
+    with pytest.raises(CheckpointError, match="could not write checkpoint"):
+        writer.wait()
+    writer.wait()  # reported once
