@@ -33,24 +33,29 @@ class NonFiniteLoss(UserError):
 
 @dataclass
 class EpochProgress:
-    """What the current epoch has done so far: checkpointed mid-epoch, so a resumed epoch ends the same."""
+    """What the current epoch has done so far: checkpointed mid-epoch, so a resumed epoch ends the same.
+    The sums live on the device, so that a step never waits for the host to add to them."""
 
     batch: int = 0  # batches done
-    seen: int = 0  # images trained on
-    loss_sum: torch.Tensor | None = None  # sum of per-image losses, on the device
+    seen: int = 0  # images trained on, skipped batches included (throughput)
+    loss_sum: torch.Tensor | None = None  # sum of per-image losses of the steps that counted (not skipped)
     correct: torch.Tensor | None = None
+    counted: torch.Tensor | None = None  # images of the steps that counted
     window_loss: torch.Tensor | None = None  # sum of step losses since the last log line
-    window_steps: int = 0
-    skipped: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip)
+    window_count: torch.Tensor | None = None  # steps that counted since the last log line
+    skipped: torch.Tensor | None = None  # batches skipped (trainer.on_nonfinite=skip): the same on every rank
     elapsed: float = 0.0  # seconds of training
 
-    def on(self, device: torch.device) -> "EpochProgress":
-        for name, dtype in (("loss_sum", torch.float32), ("correct", torch.int64), ("window_loss", torch.float32)):
-            value = getattr(self, name)
-            setattr(self, name, torch.zeros((), dtype=dtype, device=device) if value is None else value.to(device))
-        return self
+    TENSORS = {"loss_sum": torch.float32, "correct": torch.int64, "counted": torch.int64,
+               "window_loss": torch.float32, "window_count": torch.int64, "skipped": torch.int64}
+    SUMS = ("loss_sum", "correct", "counted", "window_loss", "window_count")  # per rank: summed over ranks
 
-    SUMS = ("loss_sum", "correct", "window_loss")
+    def on(self, device: torch.device) -> "EpochProgress":
+        for name, dtype in self.TENSORS.items():
+            value = getattr(self, name)
+            value = torch.zeros((), dtype=dtype, device=device) if value is None else torch.as_tensor(value)
+            setattr(self, name, value.to(device, dtype))
+        return self
 
     def state_dict(self, dist: Dist = Dist()) -> dict:
         """The epoch so far, with sums over all ranks (a collective call with DDP)."""
@@ -65,11 +70,33 @@ class EpochProgress:
     def from_state(cls, state: dict, dist: Dist = Dist()) -> "EpochProgress":
         """Rank 0 holds the saved sums and the other ranks start from zero, so sums over ranks stay right
         whatever the number of ranks that saved them."""
+        state = dict(state)
+        if "counted" not in state:  # saved before 2026-11-26: `seen` counted only the steps that counted
+            state["counted"] = None if state.get("loss_sum") is None else torch.tensor(state["seen"])
+            state["window_count"] = torch.tensor(state.pop("window_steps", 0))
         progress = cls(**state)
         if not dist.is_main:
-            progress.loss_sum = progress.correct = progress.window_loss = None
+            for name in cls.SUMS:
+                setattr(progress, name, None)
             progress.seen = 0
         return progress
+
+
+def skips_on_device(trainer, optimizer, scaler) -> bool:
+    """`on_nonfinite=skip` without a host sync: the fused optimizers skip their update on the device when told
+    that a gradient is not finite (as GradScaler tells them); fp16's scaler and unfused updates cannot."""
+    return (trainer.on_nonfinite.value == "skip" and not scaler.is_enabled()
+            and bool(optimizer.defaults.get("fused")))
+
+
+def nonfinite_gradients(optimizer) -> torch.Tensor:
+    """1.0 if any gradient holds a NaN or an infinity, else 0.0 (0-dim): on the device, no host sync, after DDP's
+    all-reduce the same on every rank (so every rank skips the same steps)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    device = grads[0].device
+    found = torch.zeros((), device=device)  # 0-dim: the fused updates subtract it from their step counts
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones((), device=device))  # GradScaler's
+    return found
 
 
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device: torch.device, trainer, epoch: int,
@@ -86,6 +113,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     model.train()
     progress.on(device)
     precision, skip_nonfinite = trainer.precision.value, trainer.on_nonfinite.value == "skip"
+    on_device = skips_on_device(trainer, optimizer, scaler)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # step of the first non-finite loss
     bad_loss = torch.zeros((), device=device)
     lrs: dict[int, float] = {}  # lr of each step since the last check, for the message
@@ -116,7 +144,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
         finite = torch.isfinite(loss.detach())
-        if skip_nonfinite and not finite.item():
+        if skip_nonfinite and not on_device and not finite.item():  # fp16 or an unfused update: a host sync
             progress.skipped += 1
         else:
             with record_function("backward"):
@@ -126,15 +154,25 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
             with record_function("optimizer"):
+                counts = torch.ones((), dtype=torch.bool, device=device)  # did this step count
+                if on_device:
+                    optimizer.found_inf = nonfinite_gradients(optimizer)  # read by the fused update
+                    counts = optimizer.found_inf == 0
                 scaler.step(optimizer)
                 scaler.update()
-            first_bad = torch.where(~finite & (first_bad < 0), step + 1, first_bad)
-            bad_loss = torch.where(first_bad == step + 1, loss.detach().float(), bad_loss)
-            progress.loss_sum += loss.detach().float() * len(labels)
-            progress.correct += (logits.argmax(1) == labels).sum()
+                if on_device:
+                    del optimizer.found_inf
+            if not skip_nonfinite:
+                first_bad = torch.where(~finite & (first_bad < 0), step + 1, first_bad)
+                bad_loss = torch.where(first_bad == step + 1, loss.detach().float(), bad_loss)
+            step_loss = torch.where(counts, loss.detach().float(), 0.0)
+            progress.loss_sum += step_loss * len(labels)
+            progress.correct += torch.where(counts, (logits.argmax(1) == labels).sum(), 0)
+            progress.counted += counts * len(labels)
+            progress.window_loss += step_loss
+            progress.window_count += counts
+            progress.skipped += ~counts
             progress.seen += len(labels)
-            progress.window_loss += loss.detach().float()
-            progress.window_steps += 1
         with record_function("optimizer"):
             scheduler.step()
         step += 1
@@ -143,11 +181,16 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         last = progress.batch == len(loader)
         if step % trainer.log_every_n_steps == 0 or last:
             check_finite()
-            window_mean = (dist.sum(progress.window_loss) / max(1, progress.window_steps * dist.world_size)).item()
-            log({"train/loss": window_mean, "train/lr": lr, "epoch": epoch + 1}, step)
+            # one read for both: the mean over the window's steps that counted, over all ranks
+            window_sum, window_count = dist.sum(torch.stack([progress.window_loss,
+                                                             progress.window_count.float()])).tolist()
+            window_mean = window_sum / max(1.0, window_count) if window_count else None
+            # a window whose steps were all skipped has no loss to show (not 0.0)
+            log({**({"train/loss": window_mean} if window_mean is not None else {}), "train/lr": lr,
+                 "epoch": epoch + 1}, step)
             progress.window_loss.zero_()
-            progress.window_steps = 0
-            if not on_terminal and progress.batch >= next_line and not last:
+            progress.window_count.zero_()
+            if not on_terminal and progress.batch >= next_line and not last and window_mean is not None:
                 log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, progress.batch, len(loader),
                          window_mean, lr)
                 next_line += len(loader) / 10
@@ -170,11 +213,12 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     progress.elapsed += time.perf_counter() - start
     bar.close()
     seen = int(dist.sum(torch.tensor(progress.seen, device=device)).item())
-    stats = {"train/loss_epoch": (dist.sum(progress.loss_sum) / max(1, seen)).item(),
-             "train/acc": dist.sum(progress.correct).item() / max(1, seen),
+    loss_sum, correct, counted = dist.sum(torch.stack([progress.loss_sum, progress.correct.float(),
+                                                       progress.counted.float()])).tolist()
+    stats = {"train/loss_epoch": loss_sum / max(1.0, counted), "train/acc": correct / max(1.0, counted),
              "train/images_per_sec": seen / max(progress.elapsed, 1e-9), "train/time": progress.elapsed}
     if skip_nonfinite:
-        stats["train/skipped_batches"] = progress.skipped
+        stats["train/skipped_batches"] = int(progress.skipped.item())
     return stats, step
 
 

@@ -25,7 +25,7 @@ from alexnet.checkpoint import CheckpointWriter, check_writable, digest, load_ch
 from alexnet.config import Config, ConfigError, to_dict
 from alexnet.data import Loader, load_dataset
 from alexnet.distributed import Dist
-from alexnet.engine import EpochProgress, evaluate, train_one_epoch
+from alexnet.engine import EpochProgress, evaluate, skips_on_device, train_one_epoch
 from alexnet.models import count_parameters, model_from_config
 from alexnet.optim import build_optimizer, build_scheduler
 from alexnet.resume import restore_rng_state, rng_state
@@ -135,6 +135,12 @@ def train_on(cfg: Config, dict_cfg: DictConfig, dist: Dist, device: torch.device
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.data.batch_size, device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, len(train_loader), cfg.trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if dist.active and cfg.trainer.on_nonfinite.value == "skip" and not skips_on_device(cfg.trainer, optimizer,
+                                                                                        scaler):
+        raise ConfigError("trainer.on_nonfinite=skip under DDP needs a fused optimizer and no fp16 scaler: "
+                          "otherwise each rank decides on its own loss, and a rank that skips leaves the others "
+                          "waiting in the gradient all-reduce. Fix: optimizer.impl=auto (fused) with "
+                          "trainer.precision=bf16 or fp32, or trainer.on_nonfinite=stop.")
     num_params = count_parameters(model)
     log.info("%s: %s parameters | data: %d train, %d val, %d test images, %d classes | lr %.4g at batch %d",
              cfg.model.arch, f"{num_params:,}", len(data.train), len(data.val), len(data.test), len(data.classes),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import pytest
@@ -75,8 +76,12 @@ def test_a_blown_up_loss_stops_with_step_loss_and_lr():
     assert "at step " in message and "learning rate 1e+09" in message and "trainer.on_nonfinite=skip" in message
 
 
-def test_skip_counts_the_non_finite_batches():
-    parts = setup()
+@pytest.mark.parametrize("fused", [False, True])
+def test_skip_counts_the_non_finite_batches(fused):
+    parts = list(setup())
+    if fused:  # skipped on the device, without a host sync (the default impl=auto is fused)
+        parts[2] = torch.optim.Adam(parts[1].parameters(), lr=2e-3, fused=True)
+        parts[3] = torch.optim.lr_scheduler.LambdaLR(parts[2], lambda step: 1.0)
     real_forward = parts[1].forward
     calls = {"n": 0}
 
@@ -86,9 +91,15 @@ def test_skip_counts_the_non_finite_batches():
         return out * float("nan") if calls["n"] % 3 == 0 else out
 
     parts[1].forward = forward
-    stats, step = epoch(*parts, trainer("on_nonfinite=skip"))
+    logged = []
+    stats, step = epoch(*parts, trainer("on_nonfinite=skip", "log_every_n_steps=1"),
+                        log=lambda m, s: logged.append((s, m)))
     assert stats["train/skipped_batches"] == 2 and step == 8  # batches 3 and 6 of 8
     assert all(torch.isfinite(p).all() for p in parts[1].parameters())
+    assert math.isfinite(stats["train/loss_epoch"]) and 0 <= stats["train/acc"] <= 1
+    # a log window of skipped steps only has no loss to show (it used to say 0.0)
+    assert [s for s, m in logged if "train/loss" not in m] == [3, 6]
+    assert all(math.isfinite(m["train/loss"]) and m["train/loss"] > 0 for _, m in logged if "train/loss" in m)
 
 
 def test_grad_clipping_bounds_the_update():
@@ -117,31 +128,42 @@ class CountingDist(Dist):
         return tensor.clone()
 
 
-def syncs_per_epoch(batches: int, log_every: int, monkeypatch, dist: Dist | None = None) -> tuple[int, int]:
-    """(.item() calls, collectives) of one epoch of `batches` steps."""
-    items = []
-    original = torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda self: items.append(1) or original(self))
+def syncs_per_epoch(batches: int, log_every: int, monkeypatch, dist: Dist | None = None,
+                    *overrides: str) -> tuple[int, int]:
+    """(.item() and .tolist() calls made by our code, collectives) in one epoch of `batches` steps."""
     dist = dist or CountingDist()
     loader, model, _, _, scaler = setup()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, fused=True)  # impl=auto's; Adam's default syncs per step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    parts = [model, optimizer, scheduler, scaler]
     loader = Loader(synthetic_images(32 * batches, 0.3, torch.Generator().manual_seed(0)), 32, 32, [0.5] * 3,
                     [0.25] * 3, CPU, train=True, random_crop=True, hflip=True)
-    epoch(loader, *parts, trainer(f"log_every_n_steps={log_every}", "checkpoint_every_n_steps=null"), dist=dist)
-    monkeypatch.setattr(torch.Tensor, "item", original)
-    return len(items), getattr(dist, "calls", 0)
+    cfg = trainer(f"log_every_n_steps={log_every}", "checkpoint_every_n_steps=null", *overrides)
+    reads = []  # each waits for the device; torch's own CPU-side calls aside
+
+    def counted(method):
+        def call(self):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("alexnet"):
+                reads.append(method.__name__)
+            return method(self)
+        return call
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "item", counted(torch.Tensor.item))
+        patch.setattr(torch.Tensor, "tolist", counted(torch.Tensor.tolist))
+        epoch(loader, model, optimizer, scheduler, scaler, cfg, dist=dist)
+    return len(reads), getattr(dist, "calls", 0)
 
 
-@pytest.mark.parametrize("ddp", [False, True])
-def test_host_syncs_and_collectives_do_not_grow_with_the_steps_between_logs(monkeypatch, ddp):
-    # Each .item() (and each collective, with DDP) stalls a GPU; only log steps and the epoch's end may have them.
+@pytest.mark.parametrize("ddp,skip", [(False, False), (True, False), (False, True), (True, True)])
+def test_host_syncs_and_collectives_do_not_grow_with_the_steps_between_logs(monkeypatch, ddp, skip):
+    # Each .item() (and each collective, with DDP) stalls a GPU; only log steps and the epoch's end may have them,
+    # also with on_nonfinite=skip (decided on the device with the fused optimizer).
     dist = (lambda: CountingDist()) if ddp else (lambda: Dist())
-    short = syncs_per_epoch(4, 4, monkeypatch, dist())
-    long = syncs_per_epoch(24, 24, monkeypatch, dist())
+    overrides = ["on_nonfinite=skip"] if skip else []
+    short = syncs_per_epoch(4, 4, monkeypatch, dist(), *overrides)
+    long = syncs_per_epoch(24, 24, monkeypatch, dist(), *overrides)
     assert long == short, (short, long)
-    twice = syncs_per_epoch(24, 12, monkeypatch, dist())
+    twice = syncs_per_epoch(24, 12, monkeypatch, dist(), *overrides)
     per_log = (twice[0] - long[0], twice[1] - long[1])
     # a log step: the non-finite check and the window's mean (and, with DDP, the stop poll): each an .item()
     bound = (4, 3) if ddp else (2, 0)
