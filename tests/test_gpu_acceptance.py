@@ -151,7 +151,9 @@ def test_a_step_past_its_deadline_is_killed_with_its_children(tmp_path):
 
 def test_ctrl_c_stops_the_step_and_keeps_the_summary_so_far(tmp_path):
     out = tmp_path / "out"
-    proc = start("--smoke", "--out", str(out), "--budget", "240")
+    # as from a terminal: the script keeps SIGINT ignored where it was started so (a suite run with `&` or nohup)
+    proc = start("--smoke", "--out", str(out), "--budget", "240",
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "logs" / "gpu_tests.log").is_file():
         time.sleep(0.1)
