@@ -144,7 +144,8 @@ def our_loader(split: Split, cfg: Config, device: torch.device, seed: int = 0) -
     d = cfg.data
     return Loader(split, d.batch_size, cfg.model.input_size, d.mean, d.std, device, train=True,
                   random_crop=d.random_crop, crop_padding=d.crop_padding, hflip=d.hflip, seed=seed,
-                  channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device))
+                  channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device),
+                  channels=cfg.model.input_channels)
 
 
 # ----------------------------------------------------------------------------------------- training steps
@@ -177,6 +178,7 @@ def parse_variants(names: list[str], overrides: list[str], device: torch.device)
             cfg.trainer = dataclasses.replace(cfg.trainer, precision=Precision.fp32, channels_last=False,
                                               compile="false")
             cfg.optimizer = dataclasses.replace(cfg.optimizer, impl=OptimizerImpl.default)
+            cfg.model = dataclasses.replace(cfg.model, input_channels=3)  # RGB, as the seed
         cfg.trainer = performance.resolve(cfg.trainer, device)
         variants.append(Variant(name, base, cfg))
     return variants
@@ -248,7 +250,8 @@ def train_flops_per_image(cfg: Config) -> float:
 
     model = model_from_config(cfg.model, num_classes=10).to("meta")
     size = cfg.model.input_size
-    images, labels = torch.empty(2, 3, size, size, device="meta"), torch.zeros(2, dtype=torch.long, device="meta")
+    images = torch.empty(2, cfg.model.input_channels, size, size, device="meta")
+    labels = torch.zeros(2, dtype=torch.long, device="meta")
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(images), labels).backward()
     return counter.get_total_flops() / 2
@@ -278,7 +281,8 @@ def checkpoint_seconds(cfg: Config, device: torch.device) -> dict:
     model = performance.set_memory_format(model_from_config(cfg.model, num_classes=10).to(device), cfg.trainer)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.data.batch_size, device)
     size = cfg.model.input_size
-    F.cross_entropy(model(torch.randn(2, 3, size, size, device=device)), torch.arange(2, device=device)).backward()
+    images = torch.randn(2, cfg.model.input_channels, size, size, device=device)
+    F.cross_entropy(model(images), torch.arange(2, device=device)).backward()
     optimizer.step()  # the optimizer's state exists from the first step on
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     start = time.perf_counter()

@@ -94,9 +94,13 @@ class ModelConfig:
     lrn: bool = False  # Local Response Normalization after conv blocks 1 and 2 (Krizhevsky et al. 2012)
     width: float = 1.0  # channel multiplier; 1.0 = published widths
     final_relu: bool = False  # the seed's ReLU on the logits (a bug); true reproduces it
+    # Input channels of the first conv: 3 (RGB), or 4 or 8 with the extra ones zero in the images and in the
+    # weights (the same function), as tensor cores take channel counts in multiples of 4 or 8.
+    input_channels: int = 3
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, "model.arch", self.arch, f"one of {sorted(ARCHS)}")
+        _check(self.input_channels in (3, 4, 8), "model.input_channels", self.input_channels, "3, 4 or 8")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a float in [0, 1)")
         _check(self.width > 0, "model.width", self.width, "a positive channel multiplier")
         smallest = min_input_size(ARCHS[self.arch])

@@ -225,8 +225,9 @@ class Loader:
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
                  train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
                  seed: int = 0, max_batches: int | None = None, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, channels: int = 3):
         self.rank, self.world_size, self.channels_last, self.dtype = rank, world_size, channels_last, dtype
+        self.extra_channels = channels - 3  # zero channels after RGB, for model.input_channels
         self.split = split.to(device)
         self.batch_size, self.input_size, self.device = batch_size, input_size, device
         self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
@@ -268,6 +269,8 @@ class Loader:
             x = self.split.images[index]
         # Normalize before resizing: the same result (resampling weights sum to 1), on far fewer pixels.
         x = torch.addcmul(self.shift, x.float(), self.scale)
+        if self.extra_channels:  # zeros after normalizing, at the small size
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.device.type == "cuda" or self.dtype != torch.float32:
             # Cast and lay out at 32x32, then resize: the large batch is written once, already in its final form.

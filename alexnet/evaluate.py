@@ -81,7 +81,8 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     model.load_state_dict(ckpt["model"])
     model = performance.maybe_compile(performance.set_memory_format(model, cfg.trainer), cfg.trainer)
     loader = Loader(data.test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
-                    max_batches=cfg.trainer.limit_batches, channels_last=cfg.trainer.channels_last)
+                    max_batches=cfg.trainer.limit_batches, channels_last=cfg.trainer.channels_last,
+                    channels=cfg.model.input_channels)
     log.info("fast path: %s", performance.describe(cfg.trainer))
     result = evaluate(model, loader, device, cfg.trainer.precision.value, hflip=cfg.trainer.tta_hflip)
     confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))

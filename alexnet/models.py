@@ -48,19 +48,27 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def build_model(arch: str, num_classes: int = 10, input_size: int | None = None, dropout: float = 0.5,
-                lrn: bool = False, width: float = 1.0, final_relu: bool = False) -> nn.Sequential:
-    """The network for one variant. Layer order follows the seed: Linear -> ReLU -> Dropout in the classifier."""
+                lrn: bool = False, width: float = 1.0, final_relu: bool = False,
+                input_channels: int = 3) -> nn.Sequential:
+    """The network for one variant. Layer order follows the seed: Linear -> ReLU -> Dropout in the classifier.
+
+    `input_channels` > 3: the first conv takes that many, with zero weights for all but RGB; the images come
+    with as many zero channels (Loader's `channels`), so the function is the same, on tensor-core-friendly shapes.
+    """
     spec = ARCHS[arch]
     input_size = input_size or spec.default_input_size
     side = feature_map_size(spec, input_size)
     if side < 1:
         raise ValueError(f"{arch} needs inputs of at least {min_input_size(spec)}, got {input_size}")
 
-    features, in_channels = [], 3
+    features, in_channels = [], input_channels
     for conv in spec.convs:
         out_channels = _scaled(conv.channels, width)
-        features += [nn.Conv2d(in_channels, out_channels, conv.kernel, conv.stride, conv.padding),
-                     nn.ReLU(inplace=True)]
+        layer = nn.Conv2d(in_channels, out_channels, conv.kernel, conv.stride, conv.padding)
+        if not features and input_channels > 3:
+            with torch.no_grad():  # the padding channels carry zeros: their weights stay zero (no gradient)
+                layer.weight[:, 3:] = 0
+        features += [layer, nn.ReLU(inplace=True)]
         if lrn and conv.lrn:
             features.append(paper_lrn())
         if conv.pool:
@@ -82,7 +90,7 @@ def build_model(arch: str, num_classes: int = 10, input_size: int | None = None,
 def model_from_config(model_cfg, num_classes: int) -> nn.Sequential:
     """Build from a `ModelConfig` (the `model` node)."""
     return build_model(model_cfg.arch, num_classes, model_cfg.input_size, model_cfg.dropout, model_cfg.lrn,
-                       model_cfg.width, model_cfg.final_relu)
+                       model_cfg.width, model_cfg.final_relu, model_cfg.input_channels)
 
 
 def count_parameters(model: nn.Module) -> int:

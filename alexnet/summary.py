@@ -24,7 +24,8 @@ class LayerRow:
 
 def layer_rows(model: nn.Module, input_size: int) -> list[LayerRow]:
     """Leaf layers in execution order. Flatten is left out: the seed reshaped with `view`, not a layer."""
-    stats = torchinfo.summary(model, input_size=(1, 3, input_size, input_size), verbose=0, device="cpu")
+    stats = torchinfo.summary(model, input_size=(1, input_channels(model), input_size, input_size), verbose=0,
+                              device="cpu")
     leaves = [layer for layer in stats.summary_list if not layer.children and layer.class_name != "Flatten"]
     return [LayerRow(f"{layer.class_name}-{i}", tuple(layer.output_size[1:]), layer.num_params)
             for i, layer in enumerate(leaves, start=1)]
@@ -35,7 +36,7 @@ def render(model: nn.Module, input_size: int) -> str:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mb = 4 / 1024**2  # float32 bytes, in MB, as torchsummary counts
-    input_mb = 3 * input_size**2 * mb
+    input_mb = input_channels(model) * input_size**2 * mb
     activations_mb = 2 * sum(_numel(r.shape) for r in rows) * mb  # forward + backward
     params_mb = total * mb
     line, double = "-" * 64, "=" * 64
@@ -47,6 +48,11 @@ def render(model: nn.Module, input_size: int) -> str:
             f"Params size (MB): {params_mb:.2f}",
             f"Estimated Total Size (MB): {input_mb + activations_mb + params_mb:.2f}", line]
     return "\n".join(out)
+
+
+def input_channels(model: nn.Module) -> int:
+    """What the first conv takes: 3, or more with model.input_channels."""
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -61,7 +67,8 @@ def main(argv: list[str]) -> None:
     # The table is of the network alone, so the class count is CIFAR-10's, as in the seed.
     model = model_from_config(cfg.model, num_classes=10)
     print(f"model={cfg.model.arch} input_size={cfg.model.input_size} width={cfg.model.width} "
-          f"lrn={cfg.model.lrn} final_relu={cfg.model.final_relu}")
+          f"lrn={cfg.model.lrn} final_relu={cfg.model.final_relu}"
+          + (f" input_channels={cfg.model.input_channels}" if cfg.model.input_channels != 3 else ""))
     print(render(model, cfg.model.input_size))
 
 

@@ -58,7 +58,8 @@ def make_loaders(cfg: Config, data, device: torch.device, dist: Dist) -> tuple[L
     """Train and val are shared out between DDP ranks; the test split is scored whole, on rank 0."""
     d, limit = cfg.data, cfg.trainer.limit_batches
     common = dict(input_size=cfg.model.input_size, mean=d.mean, std=d.std, device=device, max_batches=limit,
-                  channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device))
+                  channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device),
+                  channels=cfg.model.input_channels)
     ranks = dict(rank=dist.rank, world_size=dist.world_size)
     train = Loader(data.train, d.batch_size, train=True, random_crop=d.random_crop, crop_padding=d.crop_padding,
                    hflip=d.hflip, seed=cfg.seed, **common, **ranks)

@@ -8,6 +8,7 @@ import torch
 
 from alexnet.models import ARCHS, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, build_model, count_parameters, \
     min_input_size, paper_lrn
+from alexnet.data import Loader, synthetic_images
 from alexnet.summary import layer_rows
 
 SEED_PARAMS = 46_787_978
@@ -148,3 +149,25 @@ def test_num_classes_sets_the_output(num_classes):
 def test_dropout_is_configured():
     drops = [m.p for m in build_model("alexnet_cifar", dropout=0.3).modules() if isinstance(m, torch.nn.Dropout)]
     assert drops == [0.3, 0.3]
+
+
+@pytest.mark.parametrize("arch,channels", [("alexnet", 4), ("alexnet_cifar", 8)])
+def test_zero_input_channels_compute_the_same_function(arch, channels):
+    torch.manual_seed(0)
+    size = 67 if arch == "alexnet" else 32
+    rgb = build_model(arch, input_size=size, width=0.25, dropout=0.0).eval()
+    padded = build_model(arch, input_size=size, width=0.25, dropout=0.0, input_channels=channels).eval()
+    first = padded[0][0]
+    assert first.weight.shape[1] == channels and first.weight[:, 3:].eq(0).all()
+    state = rgb.state_dict()
+    state["0.0.weight"] = torch.cat([state["0.0.weight"], first.weight[:, 3:]], 1)
+    padded.load_state_dict(state)
+    split = synthetic_images(8, 0.3, torch.Generator().manual_seed(0))
+    loaders = [Loader(split, 8, size, [0.5] * 3, [0.25] * 3, torch.device("cpu"), channels=c) for c in (3, channels)]
+    (x3, _), (xc, _) = (next(iter(loader)) for loader in loaders)
+    assert xc.shape[1] == channels and xc[:, 3:].eq(0).all() and torch.allclose(xc[:, :3], x3, atol=1e-6)
+    assert torch.allclose(padded(xc), rgb(x3), rtol=1e-5, atol=1e-6)
+    loss = torch.nn.functional.cross_entropy(padded(xc), torch.arange(8))
+    loss.backward()
+    assert first.weight.grad[:, 3:].eq(0).all()  # the zero weights get no gradient and stay zero
+    assert count_parameters(padded) - count_parameters(rgb) == first.weight[:, 3:].numel()
