@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -99,6 +100,32 @@ def nonfinite_gradients(optimizer) -> torch.Tensor:
     return found
 
 
+class DeferredRead:
+    """Device values on their way to the host without a wait: copied (into pinned memory, on a GPU) at one log
+    step and read at the next, or before a checkpoint, or at the epoch's end, when the copy has long finished."""
+
+    def __init__(self):
+        self.pending: tuple[torch.Tensor, torch.cuda.Event | None, dict] | None = None
+
+    def put(self, values: torch.Tensor, **info) -> None:
+        event = None
+        if values.is_cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True).copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = values.clone()  # on the CPU the values are there already; the clone keeps them as they are
+        self.pending = (host, event, info)
+
+    def take(self) -> tuple[list, dict] | None:
+        if self.pending is None:
+            return None
+        (host, event, info), self.pending = self.pending, None
+        if event is not None:
+            event.synchronize()
+        return host.tolist(), info
+
+
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device: torch.device, trainer, epoch: int,
                     step: int, progress: EpochProgress, log: Callable[[dict, int], None],
                     generator_state: torch.Tensor | None = None,
@@ -106,9 +133,11 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                     should_stop: Callable[[], bool] = lambda: False, dist: Dist = Dist()) -> tuple[dict | None, int]:
     """Train on `loader` from `progress.batch` on; returns (the epoch's stats, or None if stopped early, step).
 
-    `trainer` is the trainer config node. Loss and accuracy are summed on the device and read back only every
-    `log_every_n_steps` steps and before each checkpoint, where non-finite losses are caught too; the step
-    never waits on the host otherwise (except with on_nonfinite=skip, which must look at every loss).
+    `trainer` is the trainer config node. Loss and accuracy are summed on the device. At each log step
+    (`log_every_n_steps`) they are copied to the host without a wait and read at the next one, where a
+    non-finite loss is caught too; before each checkpoint and at the epoch's end they are read at once. So
+    the GPU runs ahead of the host between those points (with on_nonfinite=skip too, unless fp16 or an
+    unfused optimizer makes it look at every loss).
     """
     model.train()
     progress.on(device)
@@ -128,7 +157,28 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                 f"{lrs.get(bad, float('nan')):.4g}. The run stops here and keeps its last good checkpoint. Fix: "
                 f"lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
                 f"trainer.on_nonfinite=skip to skip such batches.")
-        lrs.clear()
+
+    reads = DeferredRead()
+
+    def publish() -> None:
+        """Check and log the values the last log step sent to the host."""
+        taken = reads.take()
+        if taken is None:
+            return
+        (window_sum, window_count, bad, bad_value), info = taken
+        if math.isfinite(bad):
+            raise NonFiniteLoss(
+                f"non-finite training loss ({bad_value}) at step {int(bad)} (epoch {epoch + 1}), learning rate "
+                f"{lrs.get(int(bad), float('nan')):.4g}. The run stops here and keeps its last good checkpoint. "
+                f"Fix: lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
+                f"trainer.on_nonfinite=skip to skip such batches.")
+        # a window whose steps were all skipped has no loss to show (not 0.0)
+        window_mean = window_sum / window_count if window_count else None
+        log({**({"train/loss": window_mean} if window_mean is not None else {}), "train/lr": info["lr"],
+             "epoch": epoch + 1}, info["step"])
+        if info["show"] and window_mean is not None:
+            log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, info["step"] - first_step + start_batch,
+                     len(loader), window_mean, info["lr"])
 
     # A progress bar on a terminal; otherwise (a cluster log, a pipe) a plain line about every tenth of the epoch.
     on_terminal = sys.stderr.isatty()
@@ -136,6 +186,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                disable=not on_terminal)
     next_line = (progress.batch // max(1, len(loader) // 10) + 1) * len(loader) / 10
     start = time.perf_counter()
+    first_step, start_batch = step, progress.batch  # for the plain progress lines
     for images, labels in loader.batches(epoch, progress.batch, generator_state):
         lr = scheduler.get_last_lr()[0]  # the lr this step uses
         lrs[step + 1] = lr
@@ -180,24 +231,26 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         bar.update()
         last = progress.batch == len(loader)
         if step % trainer.log_every_n_steps == 0 or last:
-            check_finite()
-            # one read for both: the mean over the window's steps that counted, over all ranks
-            window_sum, window_count = dist.sum(torch.stack([progress.window_loss,
-                                                             progress.window_count.float()])).tolist()
-            window_mean = window_sum / max(1.0, window_count) if window_count else None
-            # a window whose steps were all skipped has no loss to show (not 0.0)
-            log({**({"train/loss": window_mean} if window_mean is not None else {}), "train/lr": lr,
-                 "epoch": epoch + 1}, step)
+            # This log step's values go to the host without a wait; the last log step's, copied long ago, are
+            # checked and logged now. The epoch's last step reads its own at once: the epoch end syncs anyway.
+            publish()
+            earliest_bad = -dist.max(-torch.where(first_bad >= 0, first_bad.double(), math.inf))  # over ranks
+            window = dist.sum(torch.stack([progress.window_loss.double(), progress.window_count.double()]))
+            reads.put(torch.cat([window, earliest_bad.reshape(1), bad_loss.double().reshape(1)]), step=step, lr=lr,
+                      show=not on_terminal and progress.batch >= next_line and not last)
+            if not on_terminal and progress.batch >= next_line and not last:
+                next_line += len(loader) / 10
             progress.window_loss.zero_()
             progress.window_count.zero_()
-            if not on_terminal and progress.batch >= next_line and not last and window_mean is not None:
-                log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, progress.batch, len(loader),
-                         window_mean, lr)
-                next_line += len(loader) / 10
+            if last:
+                publish()
         # On the last batch the caller ends the epoch and checkpoints it. With DDP all ranks stop together: they
         # agree at log steps only, as agreeing is a collective and a host sync, which each step would pay for.
         poll = not dist.active or step % trainer.log_every_n_steps == 0
         stop = poll and dist.any(should_stop(), device) and not last
+        if stop or (checkpoint is not None and not last and trainer.checkpoint_every_n_steps
+                    and step % trainer.checkpoint_every_n_steps == 0):
+            publish()  # its line belongs before the checkpoint, which records how many lines there are
         if checkpoint is not None and not last and (stop or (
                 trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0)):
             check_finite()  # never checkpoint a broken model
