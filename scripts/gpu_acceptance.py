@@ -303,8 +303,10 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
     so a short time box still runs every eager test; stopped with SIGINT, pytest reports what ran."""
     junit = acc.work / "gpu-tests.xml"
     # addopts cleared: no xdist workers sharing one GPU, and `-m gpu` instead of the default "not gpu"
+    # --smoke: only the files that hold GPU tests (all skipped on the CPU): collecting the rest takes seconds
+    where = ["tests/test_performance.py", "tests/test_models.py"] if acc.smoke else ["tests"]
     argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-ra", "-p", "no:cacheprovider", "--timeout=300",
-            f"--junitxml={junit}", "tests"]
+            f"--junitxml={junit}", *where]
     code = run(acc, argv, log, deadline)
     counts = junit_counts(junit)
     for key, value in counts.items():
@@ -393,8 +395,9 @@ def record_bench(acc: Acceptance, name: str, result: dict, argv: list[str]) -> N
 def study_args(acc: Acceptance, root: Path | None) -> list[str]:
     """Overrides that put a fast_cifar run on this machine: the real data on a GPU, toy size for --smoke."""
     if acc.smoke:
+        # W&B off: its service's start-up was a third of the smoke run; the runs' own records stay
         return ["data=synthetic", "model.width=0.125", "trainer.epochs=2", "trainer.limit_batches=3",
-                "data.batch_size=32", "data.eval_batch_size=64", "trainer.device=cpu", "wandb.mode=offline"]
+                "data.batch_size=32", "data.eval_batch_size=64", "trainer.device=cpu", "wandb.mode=disabled"]
     return [f"data.root={root}", "trainer.device=cuda", "wandb.mode=offline"]
 
 
@@ -451,7 +454,8 @@ def step_ddp(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
     device = "cpu" if acc.smoke else "cuda"
     argv = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "alexnet.run",
             "trainer.strategy=ddp", "data=synthetic", "model=alexnet_cifar", "model.width=0.25", "trainer.epochs=1",
-            f"trainer.limit_batches={3 if acc.smoke else 20}", f"trainer.device={device}", "wandb.mode=offline", f"hydra.run.dir={run_dir}"]
+            f"trainer.limit_batches={3 if acc.smoke else 20}", f"trainer.device={device}",
+            f"wandb.mode={'disabled' if acc.smoke else 'offline'}", f"hydra.run.dir={run_dir}"]
     started = now()
     code = run(acc, argv, log, deadline)
     if code is None:
@@ -474,10 +478,10 @@ def step_studies(acc: Acceptance, log: Path, deadline: float, root: Path | None)
         return "skipped", "no --data: the studies need the JPEG CIFAR-10 copy"
     reserve = 5.0 if acc.smoke else 20.0  # for a report of a study stopped at its deadline
     notes, statuses = [], []
-    for name, sweep in STUDIES.items():
-        sweep_dir = acc.work / "studies" / name
-        runs = len(sweep.split(","))
-        runs_left = sum(len(s.split(",")) for s in list(STUDIES.values())[list(STUDIES).index(name):])
+    sweeps = {name: sweep.split(",")[:2] if acc.smoke else sweep.split(",") for name, sweep in STUDIES.items()}
+    for name, values in sweeps.items():  # --smoke: the first two values of each
+        sweep, sweep_dir, runs = ",".join(values), acc.work / "studies" / name, len(values)
+        runs_left = sum(len(v) for v in list(sweeps.values())[list(sweeps).index(name):])
         own_deadline = now() + (deadline - reserve - now()) * runs / runs_left  # a share per run left
         if own_deadline - now() < (5 if acc.smoke else 30):
             statuses.append("skipped")
