@@ -57,6 +57,9 @@ def now() -> float:
     return time.monotonic()
 
 
+STARTED = now()  # the budget counts from here: argument checks and set-up are inside it
+
+
 @dataclass
 class Acceptance:
     """Everything a run of the script finds out; `summary()` is what summary.json holds."""
@@ -65,7 +68,7 @@ class Acceptance:
     budget: float
     smoke: bool
     command: str
-    start: float = field(default_factory=now)
+    start: float = STARTED
     started_at: str = field(default_factory=lambda: datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     environment: dict = field(default_factory=dict)
     steps: dict = field(default_factory=dict)  # name -> {status, reason, seconds, log, commands}
@@ -242,9 +245,35 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.data and not args.data.exists():
         raise UsageError(f"--data {args.data}: no such file or folder. Fix: pass the JPEG CIFAR-10 tarball or its "
                          f"unpacked folder (with train/ and test/ inside).")
-    if args.data and args.data.is_file() and not tarfile.is_tarfile(args.data):
-        raise UsageError(f"--data {args.data} is a file but not a tarball. Fix: pass cifar10-jpeg.tar.gz or a "
-                         f"folder.")
+    if args.data and args.data.is_dir() and not ((args.data / "train").is_dir() and (args.data / "test").is_dir()):
+        raise UsageError(f"--data {args.data}: no train/ and test/ folders in it. Fix: pass the ImageFolder root "
+                         f"(root/train/<class>/*.jpg, root/test/<class>/*.jpg) or a tarball of it.")
+    if args.data and args.data.is_file():
+        if not tarfile.is_tarfile(args.data):
+            raise UsageError(f"--data {args.data} is a file but not a tarball. Fix: pass cifar10-jpeg.tar.gz or a "
+                             f"folder.")
+        check_tarball(args.data)
+
+
+def check_tarball(data: Path) -> None:
+    """Read every member header (a second or so for the JPEG copy): a truncated archive, or a member or link
+    that would land outside the folder, is refused before anything is written."""
+    levels: list[set] = [set(), set()]  # names at the top, and one folder down
+    try:
+        with tarfile.open(data) as tar:
+            for member in tar:
+                tarfile.data_filter(member, "/unpack-here")  # what extractall(filter="data") would refuse
+                parts = Path(member.name).parts
+                for depth in (0, 1):
+                    if len(parts) > depth + 1:
+                        levels[depth].add(parts[depth])
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UsageError(f"--data {data}: cannot unpack it ({type(e).__name__}: {e}). Fix: pass an intact "
+                         f"tarball of an ImageFolder tree (train/<class>/*, test/<class>/*) with no paths or links "
+                         f"leading out of it.") from None
+    if not ({"train", "test"} <= levels[0] or (len(levels[0]) == 1 and {"train", "test"} <= levels[1])):
+        raise UsageError(f"--data {data}: no train/ and test/ folders in it. Fix: pass a tarball of an ImageFolder "
+                         f"tree (train/<class>/*.jpg, test/<class>/*.jpg), at its top or in one folder.")
 
 
 def install_wheels(acc: Acceptance, wheels: Path) -> None:
@@ -271,29 +300,34 @@ def install_wheels(acc: Acceptance, wheels: Path) -> None:
                          f"Python with scripts/download_wheels.sh.")
 
 
-def prepare_data(acc: Acceptance, data: Path | None) -> Path | None:
-    """An ImageFolder root (train/ and test/ inside) from --data: a folder, or a tarball unpacked into work/."""
-    if data is None:
-        return None
-    root = data
-    if data.is_file():
-        root = acc.work / "data"
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            with tarfile.open(data) as tar:
-                tar.extractall(root, filter="data")  # refuses members outside root and links out of it
-        except (tarfile.TarError, EOFError, OSError) as e:
-            shutil.rmtree(root, ignore_errors=True)
-            raise UsageError(f"--data {data}: cannot unpack it ({type(e).__name__}: {e}). Fix: pass an intact "
-                             f"tarball of an ImageFolder tree (train/<class>/*, test/<class>/*) with no paths "
-                             f"or links leading out of it.") from None
-        inner = [p for p in root.iterdir() if p.is_dir()]
-        if not (root / "train").is_dir() and len(inner) == 1:
-            root = inner[0]  # a tarball with one top folder
-    if not ((root / "train").is_dir() and (root / "test").is_dir()):
-        raise UsageError(f"--data {data}: no train/ and test/ folders in {root}. Fix: pass the ImageFolder root "
-                         f"(root/train/<class>/*.jpg, root/test/<class>/*.jpg) or a tarball of it.")
-    return root.resolve()
+@dataclass
+class Data:
+    """--data: an ImageFolder root, or a tarball unpacked by the first step that needs it, inside that step's
+    time box (60,000 small files take seconds to write; the budget must hold however slow the disk is)."""
+
+    given: Path
+    root: Path | None = None  # the ImageFolder root, once it is there
+    problem: str | None = None  # why it is not, after a failed unpack
+
+    def ready(self, acc: Acceptance, log: Path, deadline: float) -> Path | None:
+        if self.root is not None or self.problem is not None:
+            return self.root
+        folder = self.given
+        if self.given.is_file():  # its members were checked before anything ran (check_tarball)
+            folder = acc.work / "data"
+            folder.mkdir(parents=True, exist_ok=True)
+            code = run(acc, ["tar", "xf", str(self.given), "-C", str(folder)], log, deadline)
+            if code != 0:
+                self.problem = "unpacking --data " + ("ran out of time" if code is None else f"failed (tar exited {code})")
+                return None
+            inner = [p for p in folder.iterdir() if p.is_dir()]
+            if not (folder / "train").is_dir() and len(inner) == 1:
+                folder = inner[0]  # a tarball with one top folder
+        if not ((folder / "train").is_dir() and (folder / "test").is_dir()):
+            self.problem = f"no train/ and test/ folders in {folder} (from --data {self.given})"
+            return None
+        self.root = folder.resolve()
+        return self.root
 
 
 # -------------------------------------------------------------------------------------------------- steps
@@ -412,9 +446,20 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, root: Path | None) -> tuple[str, str]:
-    if root is None and not acc.smoke:
-        return "skipped", "no --data: time to accuracy needs the JPEG CIFAR-10 copy"
+def real_data(acc: Acceptance, data: Data | None, log: Path, deadline: float) -> tuple[Path | None, str | None]:
+    """The ImageFolder root for a real-data step, or why the step cannot run (--smoke needs none)."""
+    if acc.smoke:
+        return None, None
+    if data is None:
+        return None, "no --data: this step needs the JPEG CIFAR-10 copy"
+    root = data.ready(acc, log, deadline)
+    return root, data.problem
+
+
+def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, data: Data | None) -> tuple[str, str]:
+    root, problem = real_data(acc, data, log, deadline)
+    if problem:
+        return ("skipped" if data is None else "failed"), problem
     run_dir = acc.work / "time_to_accuracy"
     argv = alexnet("run", "+experiment=fast_cifar", "seed=0", *study_args(acc, root), f"hydra.run.dir={run_dir}")
     code = run(acc, argv, log, deadline)
@@ -473,9 +518,10 @@ def step_ddp(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
 STUDIES = {"lrn": "model.lrn=false,true", "dropout": "model.dropout=0.0,0.25,0.5,0.75"}  # lrn first: 2 runs
 
 
-def step_studies(acc: Acceptance, log: Path, deadline: float, root: Path | None) -> tuple[str, str]:
-    if root is None and not acc.smoke:
-        return "skipped", "no --data: the studies need the JPEG CIFAR-10 copy"
+def step_studies(acc: Acceptance, log: Path, deadline: float, data: Data | None) -> tuple[str, str]:
+    root, problem = real_data(acc, data, log, deadline)
+    if problem:
+        return ("skipped" if data is None else "failed"), problem
     reserve = 5.0 if acc.smoke else 20.0  # for a report of a study stopped at its deadline
     notes, statuses = [], []
     sweeps = {name: sweep.split(",")[:2] if acc.smoke else sweep.split(",") for name, sweep in STUDIES.items()}
@@ -612,7 +658,7 @@ def why_section(s: dict) -> list[str]:
         if ceiling and epochs and images:
             floor = epochs * images / ceiling
             lines += [f"Hardware bound: {epochs} epochs x {images:,} images at the bench's ceiling of {ceiling:,.0f} "
-                      f"images/s for alexnet_cifar take at least {floor:.1f} s of training"
+                      f"images/s for alexnet_cifar take at least {floor:.3g} s of training"
                       + (" (more than the 30 s target: unreachable on this hardware)." if floor > 30 else "."), ""]
         lines += ["| epoch | seconds | val/acc |", "|---|---|---|"]
         lines += [f"| {c['epoch']} | {c['elapsed']:.1f} | {c['val_acc']:.4f} |" for c in curve]
@@ -680,10 +726,10 @@ def release_out(out: Path, created: bool) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def run_steps(acc: Acceptance, root: Path | None) -> None:
+def run_steps(acc: Acceptance, data: Data | None) -> None:
     steps = {"gpu_tests": step_gpu_tests, "bench": step_bench,
-             "time_to_accuracy": lambda a, log, d: step_time_to_accuracy(a, log, d, root), "ddp": step_ddp,
-             "studies": lambda a, log, d: step_studies(a, log, d, root)}
+             "time_to_accuracy": lambda a, log, d: step_time_to_accuracy(a, log, d, data), "ddp": step_ddp,
+             "studies": lambda a, log, d: step_studies(a, log, d, data)}
     for name, step in steps.items():
         deadline = acc.deadline(name)
         started = now()
@@ -718,11 +764,11 @@ def main(argv: list[str]) -> int:
         created = claim_out(args.out)
         acc = Acceptance(args.out, args.budget, args.smoke, shlex.join(["bash", "scripts/gpu_acceptance.sh", *argv]))
         try:
-            root = set_up(acc, args)
+            set_up(acc, args)
         except UsageError:
             release_out(args.out, created)
             raise
-        run_steps(acc, root)
+        run_steps(acc, Data(args.data) if args.data else None)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -740,8 +786,8 @@ def main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def set_up(acc: Acceptance, args: argparse.Namespace) -> Path | None:
-    """Wheels, the environment, the CUDA check and the data: the ImageFolder root, or None."""
+def set_up(acc: Acceptance, args: argparse.Namespace) -> None:
+    """Wheels, the environment and the CUDA check."""
     if args.wheels:
         install_wheels(acc, args.wheels)
     acc.environment = probe_environment(acc)
@@ -750,7 +796,6 @@ def set_up(acc: Acceptance, args: argparse.Namespace) -> Path | None:
         raise UsageError("no CUDA device is visible to torch here (see the environment above). Fix: run this on "
                          "a machine with an NVIDIA GPU and a CUDA build of torch, or pass --smoke to exercise the "
                          "script on the CPU.")
-    return prepare_data(acc, args.data)
 
 
 def argv_out(argv: list[str]) -> str:

@@ -131,7 +131,7 @@ def test_download_wheels_refuses_a_used_folder_before_fetching_anything(tmp_path
 
 
 def test_a_step_past_its_deadline_is_killed_with_its_children(tmp_path):
-    acc = acceptance.Acceptance(tmp_path, budget=60, smoke=True, command="test")
+    acc = acceptance.Acceptance(tmp_path, budget=60, smoke=True, command="test", start=time.monotonic())
     (tmp_path / "work").mkdir()
     pid_file = tmp_path / "child.pid"
     # a parent that ignores SIGINT, with a child in a session of its own (as torchrun starts its workers) that
@@ -232,7 +232,7 @@ def test_download_wheels_fills_a_small_folder_for_python_3_12(tmp_path):
 
 
 def test_wheels_install_offline_and_a_failed_install_is_a_clear_error(tmp_path):
-    acc = acceptance.Acceptance(tmp_path / "out", budget=120, smoke=True, command="test")
+    acc = acceptance.Acceptance(tmp_path / "out", budget=120, smoke=True, command="test", start=time.monotonic())
     (acc.out / "logs").mkdir(parents=True)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -244,3 +244,19 @@ def test_wheels_install_offline_and_a_failed_install_is_a_clear_error(tmp_path):
         acceptance.install_wheels(acc, wheels)
     assert acc.steps["install_wheels"]["status"] == "failed"
     assert "--no-index" in (acc.out / "logs" / "wheels.log").read_text()
+
+
+def test_a_data_tarball_is_unpacked_inside_the_first_real_data_step(tmp_path):
+    tree = tmp_path / "tree" / "cifar"
+    for split in ("train", "test"):
+        (tree / split / "cat").mkdir(parents=True)
+        (tree / split / "cat" / "0.jpg").write_bytes(b"x")
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="cifar")  # one top folder, as some tarballs have
+    acceptance.check_tarball(tmp_path / "data.tar.gz")
+    acc = acceptance.Acceptance(tmp_path / "out", budget=60, smoke=False, command="test", start=time.monotonic())
+    (acc.out / "logs").mkdir(parents=True)
+    data = acceptance.Data(tmp_path / "data.tar.gz")
+    root, problem = acceptance.real_data(acc, data, acc.out / "logs" / "x.log", time.monotonic() + 30)
+    assert problem is None and root == (acc.work / "data" / "cifar").resolve() and (root / "test" / "cat").is_dir()
+    assert acceptance.real_data(acc, None, acc.out / "logs" / "x.log", time.monotonic() + 30)[1].startswith("no --data")
