@@ -272,11 +272,10 @@ class Loader:
         if self.extra_channels:  # zeros after normalizing, at the small size
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        # On a GPU (or in bf16/fp16): cast and lay out at 32x32, then resize, so the large batch is written once,
+        # in its final form. fp32 on the CPU resizes in NCHW and then copies: 1.8x faster than in NHWC (measured).
         if self.device.type == "cuda" or self.dtype != torch.float32:
-            # Cast and lay out at 32x32, then resize: the large batch is written once, already in its final form.
             x = x.to(self.dtype).contiguous(memory_format=layout)
-            return self.resize(x).contiguous(memory_format=layout)
-        # fp32 on the CPU: NCHW resizing plus a layout copy is 1.8x faster than resizing in NHWC (measured)
         return self.resize(x).contiguous(memory_format=layout)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:

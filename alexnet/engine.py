@@ -147,16 +147,20 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     bad_loss = torch.zeros((), device=device)
     lrs: dict[int, float] = {}  # lr of each step since the last check, for the message
 
+    def nonfinite(step: int, value: float) -> NonFiniteLoss:
+        return NonFiniteLoss(
+            f"non-finite training loss ({value}) at step {step} (epoch {epoch + 1}), learning rate "
+            f"{lrs.get(step, float('nan')):.4g}. The run stops here and keeps its last good checkpoint. Fix: "
+            f"lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
+            f"trainer.on_nonfinite=skip to skip such batches.")
+
     def check_finite() -> None:
+        """Now, with a host sync: before a checkpoint and at the epoch's end."""
         seen_bad = first_bad >= 0
         if dist.any(bool(seen_bad.item()), device):
             never = torch.iinfo(torch.int64).max
             bad = int(-dist.max(-torch.where(seen_bad, first_bad, never)).item())  # the earliest on any rank
-            raise NonFiniteLoss(
-                f"non-finite training loss ({bad_loss.item()}) at step {bad} (epoch {epoch + 1}), learning rate "
-                f"{lrs.get(bad, float('nan')):.4g}. The run stops here and keeps its last good checkpoint. Fix: "
-                f"lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
-                f"trainer.on_nonfinite=skip to skip such batches.")
+            raise nonfinite(bad, bad_loss.item())
 
     reads = DeferredRead()
 
@@ -167,11 +171,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             return
         (window_sum, window_count, bad, bad_value), info = taken
         if math.isfinite(bad):
-            raise NonFiniteLoss(
-                f"non-finite training loss ({bad_value}) at step {int(bad)} (epoch {epoch + 1}), learning rate "
-                f"{lrs.get(int(bad), float('nan')):.4g}. The run stops here and keeps its last good checkpoint. "
-                f"Fix: lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
-                f"trainer.on_nonfinite=skip to skip such batches.")
+            raise nonfinite(int(bad), bad_value)
         # a window whose steps were all skipped has no loss to show (not 0.0)
         window_mean = window_sum / window_count if window_count else None
         log({**({"train/loss": window_mean} if window_mean is not None else {}), "train/lr": info["lr"],
@@ -187,6 +187,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     next_line = (progress.batch // max(1, len(loader) // 10) + 1) * len(loader) / 10
     start = time.perf_counter()
     first_step, start_batch = step, progress.batch  # for the plain progress lines
+    always = torch.ones((), dtype=torch.bool, device=device)  # a step counts, unless skipped on the device
     for images, labels in loader.batches(epoch, progress.batch, generator_state):
         lr = scheduler.get_last_lr()[0]  # the lr this step uses
         lrs[step + 1] = lr
@@ -205,7 +206,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
             with record_function("optimizer"):
-                counts = torch.ones((), dtype=torch.bool, device=device)  # did this step count
+                counts = always
                 if on_device:
                     optimizer.found_inf = nonfinite_gradients(optimizer)  # read by the fused update
                     counts = optimizer.found_inf == 0
@@ -236,9 +237,10 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             publish()
             earliest_bad = -dist.max(-torch.where(first_bad >= 0, first_bad.double(), math.inf))  # over ranks
             window = dist.sum(torch.stack([progress.window_loss.double(), progress.window_count.double()]))
+            show = not on_terminal and progress.batch >= next_line and not last  # a plain progress line
             reads.put(torch.cat([window, earliest_bad.reshape(1), bad_loss.double().reshape(1)]), step=step, lr=lr,
-                      show=not on_terminal and progress.batch >= next_line and not last)
-            if not on_terminal and progress.batch >= next_line and not last:
+                      show=show)
+            if show:
                 next_line += len(loader) / 10
             progress.window_loss.zero_()
             progress.window_count.zero_()
@@ -248,11 +250,11 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         # agree at log steps only, as agreeing is a collective and a host sync, which each step would pay for.
         poll = not dist.active or step % trainer.log_every_n_steps == 0
         stop = poll and dist.any(should_stop(), device) and not last
-        if stop or (checkpoint is not None and not last and trainer.checkpoint_every_n_steps
-                    and step % trainer.checkpoint_every_n_steps == 0):
+        save = checkpoint is not None and not last and (stop or (
+            trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0))
+        if stop or save:
             publish()  # its line belongs before the checkpoint, which records how many lines there are
-        if checkpoint is not None and not last and (stop or (
-                trainer.checkpoint_every_n_steps and step % trainer.checkpoint_every_n_steps == 0)):
+        if save:
             check_finite()  # never checkpoint a broken model
             progress.elapsed += time.perf_counter() - start
             checkpoint(step, progress)
