@@ -291,7 +291,7 @@ def install_wheels(acc: Acceptance, wheels: Path) -> None:
         code = run(acc, pip + ["--no-deps", "--target", str(site), *map(str, sorted(wheels.glob("*.whl")))], log,
                    acc.start + acc.budget)
         acc.site_packages = site
-        sys.path.insert(0, str(site))  # this script reads YAML with them too
+        sys.path.insert(0, str(site))  # this script reads the runs' records with them too (omegaconf)
         how = f"into {site}, as the environment is read-only (versions not checked against the image's)"
     acc.steps["install_wheels"] = {"status": "passed" if code == 0 else "failed", "seconds": round(now() - started, 1),
                                    "log": "logs/wheels.log", "reason": how if code == 0 else f"pip exited {code}"}
@@ -435,15 +435,16 @@ def study_args(acc: Acceptance, root: Path | None) -> list[str]:
     return [f"data.root={root}", "trainer.device=cuda", "wandb.mode=offline"]
 
 
-def metrics_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-    return rows
+def local_run(run_dir: Path):
+    """A run's own record (.hydra/config.yaml and metrics.jsonl) as alexnet.report reads it, or None before the
+    run wrote its config. Called only once the project's dependencies are there."""
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        return None
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from alexnet.report import load_local_run
+
+    return load_local_run(run_dir)
 
 
 def real_data(acc: Acceptance, data: Data | None, log: Path, deadline: float) -> tuple[Path | None, str | None]:
@@ -463,24 +464,20 @@ def step_time_to_accuracy(acc: Acceptance, log: Path, deadline: float, data: Dat
     run_dir = acc.work / "time_to_accuracy"
     argv = alexnet("run", "+experiment=fast_cifar", "seed=0", *study_args(acc, root), f"hydra.run.dir={run_dir}")
     code = run(acc, argv, log, deadline)
-    rows = metrics_rows(run_dir)
-    curve = [{"epoch": r["epoch"], "elapsed": r["train/elapsed"], "val_acc": r["val/acc"]} for r in rows
-             if "val/acc" in r and "train/elapsed" in r]
+    record = local_run(run_dir)
+    epochs, summary = (record.epochs, record.summary) if record else ([], {})
+    curve = [{"epoch": r["epoch"], "elapsed": r["train/elapsed"], "val_acc": r["val/acc"]} for r in epochs
+             if "train/elapsed" in r]
     acc.curves["time_to_accuracy"] = curve
-    summary = next((r["_summary"] for r in reversed(rows) if "_summary" in r), {})
     acc.record("tta.test_acc", summary.get("test/acc"), argv)
     acc.record("tta.best_val_acc", summary.get("val/best_acc"), argv)
     acc.record("tta.train_seconds", summary.get("train/elapsed"), argv)
     acc.record("tta.epochs_done", len(curve), argv)
-    epoch_rows = [r for r in rows if "train/images_per_sec" in r and "train/time" in r]
-    if epoch_rows:  # for the hardware's floor on the training time (summary.md)
-        acc.record("tta.images_per_epoch", round(epoch_rows[0]["train/images_per_sec"] * epoch_rows[0]["train/time"]),
+    if epochs:  # for the hardware's floor on the training time (summary.md)
+        acc.record("tta.images_per_epoch", round(epochs[0]["train/images_per_sec"] * epochs[0]["train/time"]),
                    argv, derived="train/images_per_sec x train/time of the first epoch (metrics.jsonl)")
-    if (run_dir / ".hydra" / "config.yaml").is_file():
-        import yaml  # a dependency of omegaconf: there once a run has started
-
-        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-        acc.record("tta.epochs_planned", config["trainer"]["epochs"], argv)
+    if record:
+        acc.record("tta.epochs_planned", record.config["trainer.epochs"], argv)
     for threshold in (80, 85):
         reached = next((c["elapsed"] for c in curve if c["val_acc"] >= threshold / 100), None)
         acc.record(f"tta.seconds_to_val_{threshold}", reached, argv,
@@ -557,21 +554,15 @@ def step_studies(acc: Acceptance, log: Path, deadline: float, data: Data | None)
 
 def record_study(acc: Acceptance, name: str, sweep_dir: Path, argv: list[str]) -> int:
     """Each finished run's test accuracy, keyed by the value the study varies; the number finished."""
-    import yaml  # a dependency of omegaconf: there once the studies have run
-
     factor = STUDIES[name].split("=")[0]
     finished = 0
     for run_dir in sorted(p for p in sweep_dir.glob("*") if (p / "metrics.jsonl").is_file()):
-        rows = metrics_rows(run_dir)
-        summary = next((r["_summary"] for r in reversed(rows) if "_summary" in r), None)
-        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # what the run trained
-        for part in factor.split("."):
-            config = config[part]
-        value = json.dumps(config)
-        if summary and "test/acc" in summary:
+        record = local_run(run_dir)
+        if record and "test/acc" in record.summary:
             finished += 1
-            acc.record(f"studies.{name}.{factor}={value}.test_acc", summary["test/acc"], argv)
-            acc.record(f"studies.{name}.{factor}={value}.train_seconds", summary.get("train/elapsed"), argv)
+            value = json.dumps(record.config[factor])  # what the run trained
+            acc.record(f"studies.{name}.{factor}={value}.test_acc", record.summary["test/acc"], argv)
+            acc.record(f"studies.{name}.{factor}={value}.train_seconds", record.summary.get("train/elapsed"), argv)
     return finished
 
 
