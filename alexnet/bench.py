@@ -40,7 +40,7 @@ from alexnet.data import Loader, Split
 from alexnet.engine import DTYPES, EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config
 from alexnet.optim import build_optimizer, build_scheduler, resolve_impl
-from alexnet.train import resolve_device
+from alexnet.training import resolve_device
 
 DATA_VARIANTS = ("seed", "ours")
 BASES = ("seed", "bare", "ours")

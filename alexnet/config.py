@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -157,6 +158,7 @@ class SyntheticConfig(DataConfig):
     test_size: int = 1000
     noise: float = 0.5  # std of the Gaussian noise added to the class patterns (pixel range [0, 1])
     val_size: int = 500
+    batch_size: int = 64  # 70 steps an epoch on its 4,500 training images
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
 
@@ -178,8 +180,8 @@ class OptimizerConfig:
     impl: OptimizerImpl = OptimizerImpl.auto
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optimizer.lr", self.lr, "a positive learning rate")
-        _check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a float >= 0")
+        _check(0 < self.lr < math.inf, "optimizer.lr", self.lr, "a positive, finite learning rate")
+        _check(0 <= self.weight_decay < math.inf, "optimizer.weight_decay", self.weight_decay, "a finite float >= 0")
         _check(self.base_batch_size >= 1, "optimizer.base_batch_size", self.base_batch_size, "an integer >= 1")
 
 
@@ -255,17 +257,18 @@ class CosineSchedulerConfig(SchedulerConfig):
 class TrainerConfig:
     epochs: int = 30
     device: Device = Device.auto  # auto: cuda when available, else cpu
-    precision: Precision = Precision.auto  # bf16/fp16 run the forward pass under torch.autocast
+    precision: Precision = Precision.auto  # bf16/fp16 run the forward pass under autocast; fp16 adds a grad scaler
     # The fast path (alexnet/performance.py; measured with `python -m alexnet.bench`).
     channels_last: bool = True  # NHWC weights and activations: what tensor cores and oneDNN's fastest convs take
     # torch.compile the model: false | default (or true) | reduce-overhead (CUDA graphs) | max-autotune. Faster
     # steps after a one-off warm-up (see README); each mode is one of torch.compile's.
     compile: str = "false"
-    cudnn_benchmark: bool = True  # cuDNN times its conv algorithms once per shape and keeps the fastest
+    cudnn_benchmark: bool = True  # cuDNN times its conv algorithms once per shape (off when deterministic)
     tf32: bool = True  # TF32 tensor cores for fp32 matmuls and convs on CUDA
     label_smoothing: float = 0.0
     tta_hflip: bool = False  # validation and test average the logits of each image and its mirror image
-    limit_batches: Optional[int] = None  # cap on batches per split and epoch, for quick checks
+    limit_batches: Optional[int] = None  # cap on train and val batches per epoch, for quick checks (never the test)
+    limit_test_images: Optional[int] = None  # score a seeded random subset of the test split (stated in the log)
     log_every_n_steps: int = 10
     save_checkpoints: bool = True  # checkpoints/last.pt every epoch, checkpoints/best.pt by val/acc
     checkpoint_every_n_steps: Optional[int] = 500  # also mid-epoch, so a kill loses at most this many steps
@@ -274,6 +277,7 @@ class TrainerConfig:
     on_nonfinite: OnNonFinite = OnNonFinite.stop  # a NaN or infinite loss: stop, or skip the batch
     grad_clip_norm: Optional[float] = None  # clip the gradients' global L2 norm to this
     strategy: Strategy = Strategy.single  # ddp: `torchrun --nproc_per_node=N -m alexnet.run trainer.strategy=ddp`
+    # (NCCL on GPUs, gloo on the CPU)
 
     def __post_init__(self) -> None:
         self.compile = {"true": "default"}.get(str(self.compile).lower(), str(self.compile).lower())
@@ -287,6 +291,8 @@ class TrainerConfig:
                "auto, never, or the path of an existing checkpoint file")
         _check(self.limit_batches is None or self.limit_batches >= 1, "trainer.limit_batches",
                self.limit_batches, "null or an integer >= 1")
+        _check(self.limit_test_images is None or self.limit_test_images >= 1, "trainer.limit_test_images",
+               self.limit_test_images, "null (the whole test split) or an integer >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps,
                "an integer >= 1")
         _check(0 <= self.label_smoothing < 1, "trainer.label_smoothing", self.label_smoothing, "a float in [0, 1)")
@@ -342,10 +348,13 @@ GROUP_SCHEMAS = {
 
 def register_configs() -> None:
     """Store the schemas where conf/ YAML files find them (`/schema/<group>@_here_: <name>`), and the resolver
-    that lets a repeated command continue its interrupted run dir."""
-    from alexnet.resume import interrupted_run_dir
+    that picks (and locks) the run dir, so that a repeated command continues its interrupted run."""
+    def choose_run_dir(*args) -> str:  # imported when used: alexnet.rundir imports this module
+        from alexnet.rundir import choose_run_dir
 
-    OmegaConf.register_new_resolver("alexnet_run_dir", interrupted_run_dir, replace=True)
+        return choose_run_dir(*args)
+
+    OmegaConf.register_new_resolver("alexnet_run_dir", choose_run_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
@@ -356,7 +365,7 @@ def register_configs() -> None:
 
 
 def register_experiments(cs: ConfigStore) -> None:
-    """experiments/NAME.yaml becomes `+experiment=NAME`; experiments/GROUP/NAME.yaml a helper group GROUP.
+    """experiments/NAME.yaml becomes `experiment=NAME`; experiments/GROUP/NAME.yaml a helper group GROUP.
 
     Both apply at the top level (package _global_), as an experiment overrides any part of the config.
     experiments/ stays the only copy: nothing of it is repeated under conf/.
@@ -396,10 +405,21 @@ def to_dict(cfg: DictConfig | Config) -> dict:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
 
 
-def compose(overrides: list[str] = ()) -> DictConfig:
+def normalize_override(override: str) -> str:
+    """`+experiment=NAME` (Hydra's usual spelling for an optional group) means `experiment=NAME`: the group is
+    declared in conf/config.yaml, before `debug`, so that debug=smoke applies after an experiment."""
+    return override[1:] if override.startswith("+experiment=") else override
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    return [normalize_override(a) for a in argv]
+
+
+def compose(overrides: list[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The run config for these overrides, composed as `python -m alexnet.run` would (for tools and tests)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        return hydra_compose("config", overrides=normalize_argv(list(overrides)),
+                             return_hydra_config=return_hydra_config)
 
 
 @contextlib.contextmanager

@@ -39,17 +39,23 @@ class EpochProgress:
 
     batch: int = 0  # batches done
     seen: int = 0  # images trained on, skipped batches included (throughput)
+    # Losses are plain cross-entropy, comparable with val/loss; with label smoothing the smoothed objective that
+    # training minimises is summed as well.
     loss_sum: torch.Tensor | None = None  # sum of per-image losses of the steps that counted (not skipped)
+    objective_sum: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     counted: torch.Tensor | None = None  # images of the steps that counted
     window_loss: torch.Tensor | None = None  # sum of step losses since the last log line
+    window_objective: torch.Tensor | None = None
     window_count: torch.Tensor | None = None  # steps that counted since the last log line
     skipped: torch.Tensor | None = None  # batches skipped (trainer.on_nonfinite=skip): the same on every rank
     elapsed: float = 0.0  # seconds of training
 
-    TENSORS = {"loss_sum": torch.float32, "correct": torch.int64, "counted": torch.int64,
-               "window_loss": torch.float32, "window_count": torch.int64, "skipped": torch.int64}
-    SUMS = ("loss_sum", "correct", "counted", "window_loss", "window_count")  # per rank: summed over ranks
+    TENSORS = {"loss_sum": torch.float32, "objective_sum": torch.float32, "correct": torch.int64,
+               "counted": torch.int64, "window_loss": torch.float32, "window_objective": torch.float32,
+               "window_count": torch.int64, "skipped": torch.int64}
+    SUMS = ("loss_sum", "objective_sum", "correct", "counted", "window_loss", "window_objective",
+            "window_count")  # per rank: summed over ranks
 
     def on(self, device: torch.device) -> "EpochProgress":
         for name, dtype in self.TENSORS.items():
@@ -142,6 +148,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     model.train()
     progress.on(device)
     precision, skip_nonfinite = trainer.precision.value, trainer.on_nonfinite.value == "skip"
+    smoothing = trainer.label_smoothing > 0
     on_device = skips_on_device(trainer, optimizer, scaler)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # step of the first non-finite loss
     bad_loss = torch.zeros((), device=device)
@@ -150,7 +157,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     def nonfinite(step: int, value: float) -> NonFiniteLoss:
         return NonFiniteLoss(
             f"non-finite training loss ({value}) at step {step} (epoch {epoch + 1}), learning rate "
-            f"{lrs.get(step, float('nan')):.4g}. The run stops here and keeps its last good checkpoint. Fix: "
+            f"{lrs.get(step, float('nan')):.4g}. The run stops here. Fix: "
             f"lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
             f"trainer.on_nonfinite=skip to skip such batches.")
 
@@ -169,13 +176,14 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         taken = reads.take()
         if taken is None:
             return
-        (window_sum, window_count, bad, bad_value), info = taken
+        (window_sum, window_objective, window_count, bad, bad_value), info = taken
         if math.isfinite(bad):
             raise nonfinite(int(bad), bad_value)
         # a window whose steps were all skipped has no loss to show (not 0.0)
         window_mean = window_sum / window_count if window_count else None
-        log({**({"train/loss": window_mean} if window_mean is not None else {}), "train/lr": info["lr"],
-             "epoch": epoch + 1}, info["step"])
+        losses = {} if window_mean is None else {"train/loss": window_mean, **(
+            {"train/objective": window_objective / window_count} if smoothing else {})}
+        log({**losses, "train/lr": info["lr"], "epoch": epoch + 1}, info["step"])
         if info["show"] and window_mean is not None:
             log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, info["step"] - first_step + start_batch,
                      len(loader), window_mean, info["lr"])
@@ -217,8 +225,12 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             if not skip_nonfinite:
                 first_bad = torch.where(~finite & (first_bad < 0), step + 1, first_bad)
                 bad_loss = torch.where(first_bad == step + 1, loss.detach().float(), bad_loss)
-            step_loss = torch.where(counts, loss.detach().float(), 0.0)
+            objective = loss.detach().float()
+            plain = F.cross_entropy(logits.detach().float(), labels) if smoothing else objective
+            step_loss, step_objective = torch.where(counts, plain, 0.0), torch.where(counts, objective, 0.0)
             progress.loss_sum += step_loss * len(labels)
+            progress.objective_sum += step_objective * len(labels)
+            progress.window_objective += step_objective
             progress.correct += torch.where(counts, (logits.argmax(1) == labels).sum(), 0)
             progress.counted += counts * len(labels)
             progress.window_loss += step_loss
@@ -236,13 +248,15 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             # checked and logged now. The epoch's last step reads its own at once: the epoch end syncs anyway.
             publish()
             earliest_bad = -dist.max(-torch.where(first_bad >= 0, first_bad.double(), math.inf))  # over ranks
-            window = dist.sum(torch.stack([progress.window_loss.double(), progress.window_count.double()]))
+            window = dist.sum(torch.stack([progress.window_loss.double(), progress.window_objective.double(),
+                                           progress.window_count.double()]))
             show = not on_terminal and progress.batch >= next_line and not last  # a plain progress line
             reads.put(torch.cat([window, earliest_bad.reshape(1), bad_loss.double().reshape(1)]), step=step, lr=lr,
                       show=show)
             if show:
                 next_line += len(loader) / 10
             progress.window_loss.zero_()
+            progress.window_objective.zero_()
             progress.window_count.zero_()
             if last:
                 publish()
@@ -268,10 +282,14 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     progress.elapsed += time.perf_counter() - start
     bar.close()
     seen = int(dist.sum(torch.tensor(progress.seen, device=device)).item())
-    loss_sum, correct, counted = dist.sum(torch.stack([progress.loss_sum, progress.correct.float(),
-                                                       progress.counted.float()])).tolist()
-    stats = {"train/loss_epoch": loss_sum / max(1.0, counted), "train/acc": correct / max(1.0, counted),
-             "train/images_per_sec": seen / max(progress.elapsed, 1e-9), "train/time": progress.elapsed}
+    loss_sum, objective_sum, correct, counted = dist.sum(torch.stack([
+        progress.loss_sum, progress.objective_sum, progress.correct.float(), progress.counted.float()])).tolist()
+    # an epoch whose steps were all skipped has no loss or accuracy: absent, not 0
+    stats = {"train/images_per_sec": seen / max(progress.elapsed, 1e-9), "train/time": progress.elapsed}
+    if counted:
+        stats.update({"train/loss_epoch": loss_sum / counted, "train/acc": correct / counted})
+        if smoothing:
+            stats["train/objective_epoch"] = objective_sum / counted
     if skip_nonfinite:
         stats["train/skipped_batches"] = int(progress.skipped.item())
     return stats, step
@@ -311,5 +329,7 @@ def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_class
     return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
 
-def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
-    return (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+def per_class_accuracy(confusion: torch.Tensor) -> list[float | None]:
+    """Accuracy per true class; None for a class without images (it has no accuracy, not 0)."""
+    totals = confusion.sum(1)
+    return [None if n == 0 else c / n for c, n in zip(confusion.diag().tolist(), totals.tolist())]

@@ -21,7 +21,8 @@ from alexnet.data import Loader, load_dataset
 from alexnet import performance
 from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
 from alexnet.models import model_from_config
-from alexnet.train import resolve_device
+from alexnet.state import upgrade
+from alexnet.training import resolve_device, scored_test_split
 from alexnet.tracking import Tracker
 
 log = logging.getLogger("alexnet")
@@ -32,7 +33,7 @@ def read_checkpoint(path: str) -> dict:
         raise ConfigError(f"ckpt={path} does not exist. Fix: pass a checkpoint file, e.g. "
                           f"ckpt=outputs/<date>/<time>/checkpoints/best.pt")
     try:
-        ckpt = load_checkpoint(Path(path))
+        ckpt = upgrade(load_checkpoint(Path(path)))
         ckpt["config"]["model"], ckpt["model"]  # noqa: B018 - the keys evaluation needs
     except Exception as e:
         raise UserError(f"ckpt={path} is not a checkpoint written by alexnet.run ({type(e).__name__}: {e}). "
@@ -80,9 +81,9 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
     model.load_state_dict(ckpt["model"])
     model = performance.maybe_compile(performance.set_memory_format(model, cfg.trainer), cfg.trainer)
-    loader = Loader(data.test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
-                    max_batches=cfg.trainer.limit_batches, channels_last=cfg.trainer.channels_last,
-                    channels=cfg.model.input_channels)
+    test = scored_test_split(data.test, cfg.trainer.limit_test_images, cfg.data.split_seed)  # never cut by limit_batches
+    loader = Loader(test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
+                    channels_last=cfg.trainer.channels_last, channels=cfg.model.input_channels)
     log.info("fast path: %s", performance.describe(cfg.trainer))
     result = evaluate(model, loader, device, cfg.trainer.precision.value, hflip=cfg.trainer.tta_hflip)
     confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))
@@ -95,9 +96,10 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
                       cfg.wandb.tags, name, job_type="eval", init_timeout=cfg.wandb.init_timeout)
     exit_code = 1
     try:
-        tracker.log_test_results(result, data.classes, data.test.images, 0, cfg.wandb.sample_predictions)
-        tracker.summary({"test/acc": result["acc"], "test/loss": result["loss"], "ckpt": str(cfg.ckpt),
-                         **{f"test/acc_{c}": a for c, a in zip(data.classes, per_class_accuracy(confusion))}})
+        tracker.log_test_results(result, data.classes, test.images, 0, cfg.wandb.sample_predictions)
+        tracker.summary({"test/acc": result["acc"], "test/loss": result["loss"], "test/images": len(test),
+                         "ckpt": str(cfg.ckpt), **{f"test/acc_{c}": a for c, a in
+                                                   zip(data.classes, per_class_accuracy(confusion)) if a is not None}})
         exit_code = 0
     finally:
         tracker.finish(exit_code)
@@ -114,7 +116,7 @@ def print_results(result: dict, classes: list[str], confusion) -> None:
     per_class.add_column("accuracy", justify="right")
     per_class.add_column("images", justify="right")
     for name, acc, count in zip(classes, per_class_accuracy(confusion), confusion.sum(1).tolist()):
-        per_class.add_row(name, f"{acc:.4f}", str(count))
+        per_class.add_row(name, "n/a" if acc is None else f"{acc:.4f}", str(count))
     matrix = Table(title="confusion matrix (rows: true class, columns: predicted class, by index)")
     matrix.add_column("true class")
     for i in range(len(classes)):

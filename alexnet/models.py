@@ -7,6 +7,8 @@ fully connected layers since its last feature map has 2,304 values instead of 6,
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,6 +54,9 @@ def build_model(arch: str, num_classes: int = 10, input_size: int | None = None,
                 input_channels: int = 3) -> nn.Sequential:
     """The network for one variant. Layer order follows the seed: Linear -> ReLU -> Dropout in the classifier.
 
+    Two named stages, `features` (convs) and `classifier` (FC layers), so state_dict keys read
+    `features.0.weight`, `classifier.1.weight`; still an nn.Sequential, run stage after stage.
+
     `input_channels` > 3: the first conv takes that many, with zero weights for all but RGB; the images come
     with as many zero channels (Loader's `channels`), so the function is the same, on tensor-core-friendly shapes.
     """
@@ -84,7 +89,7 @@ def build_model(arch: str, num_classes: int = 10, input_size: int | None = None,
     ]
     if final_relu:
         classifier.append(nn.ReLU(inplace=True))
-    return nn.Sequential(nn.Sequential(*features), nn.Sequential(*classifier))
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*features), classifier=nn.Sequential(*classifier)))
 
 
 def model_from_config(model_cfg, num_classes: int) -> nn.Sequential:

@@ -1,18 +1,15 @@
-"""Exact resume: the random state a checkpoint holds, and which run dir a repeated command continues.
+"""Exact, truthful resume: the random state a checkpoint holds, and whether a config may continue a checkpoint.
 
-A run killed and started again with the same command continues in its own run dir (Hydra's
-`hydra.run.dir` goes through `interrupted_run_dir`), so its checkpoints, metrics.jsonl and W&B run carry on.
+A run killed and started again with the same command continues in its own run dir (see alexnet/rundir.py),
+so its checkpoints, metrics.jsonl and W&B run carry on. A checkpoint continues only under the config it was
+trained with, up to the fields in `MAY_CHANGE`: otherwise one record would describe two trainings.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
+from alexnet.config import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -51,40 +48,52 @@ def restore_rng_state(state: dict, device: torch.device) -> torch.Tensor | None:
     return state["data"]
 
 
-def _comparable(overrides) -> list[str]:
-    return [o for o in overrides if not o.startswith(("trainer.resume=", "hydra."))]
+# What a resumed run may change: where it runs, how fast, how long (see below), how it logs. Everything else
+# shapes the weights, so a change would make the record lie about what was trained.
+MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.device", "trainer.strategy", "trainer.compile",
+              "trainer.channels_last", "trainer.cudnn_benchmark", "trainer.tf32", "trainer.deterministic",
+              "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_checkpoints",
+              "trainer.limit_test_images", "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
+              "wandb.", "fail_fast")
+# Schedules whose shape depends on trainer.epochs: a longer run would change the lr of steps already taken.
+EPOCH_SHAPED_SCHEDULES = ("cosine",)
 
 
-def is_resumable(run_dir: Path) -> bool:
-    """A run that stopped before finishing (signal, kill, error) and left a checkpoint."""
-    checkpoints = run_dir / "checkpoints"
-    if not any((checkpoints / name).exists() for name in ("last.pt", "last.prev.pt")):
-        return False
-    try:
-        last = (run_dir / "metrics.jsonl").read_text().rstrip("\n").rsplit("\n", 1)[-1]
-        return json.loads(last) != {"_exit": 0}
-    except (OSError, ValueError):
-        return True  # no record, or its last line cut short by a kill: the checkpoint decides
+class ResumeMismatch(UserError):
+    """A checkpoint and a config that disagree on what was trained."""
 
 
-def interrupted_run_dir(root: str, fresh: str, overrides, resume: str) -> str:
-    """The run dir for a single run: with trainer.resume=auto, the newest interrupted run under `root` made by
-    the same command (the same overrides, trainer.resume aside); otherwise `root/fresh`.
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
-    Under torchrun only rank 0 has a run dir; the other ranks get a scratch dir for Hydra's own files and
-    learn rank 0's run dir from it.
-    """
-    rank = int(os.environ.get("RANK", "0"))
-    if rank > 0:
-        return str(Path(tempfile.gettempdir()) / f"alexnet-rank{rank}-of-{os.getppid()}")
-    if resume == "auto":
-        wanted = _comparable(list(overrides))
-        for saved in sorted(Path(root).glob("*/*/.hydra/overrides.yaml"), reverse=True):  # newest first
-            run_dir = saved.parent.parent
-            try:
-                same = _comparable(yaml.safe_load(saved.read_text()) or []) == wanted
-            except (OSError, yaml.YAMLError):
-                continue
-            if same and is_resumable(run_dir):
-                return str(run_dir)
-    return f"{root}/{fresh}"
+
+def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
+    """(key, checkpoint's value, current value) for every key that differs and may not change on resume."""
+    old, new = flatten(saved), flatten(now)
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    scheduler = new.get("scheduler.name")
+    def allowed(key: str) -> bool:
+        if key == "trainer.epochs" and scheduler in EPOCH_SHAPED_SCHEDULES:
+            return False
+        return any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE)
+    return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in differing if not allowed(k)]
+
+
+def check_compatible(path, saved: dict, now: dict) -> None:
+    """Stop (exit 2) before anything is loaded or written if the checkpoint was trained with another config."""
+    differences = config_differences(saved, now)
+    if not differences:
+        return
+    lines = "\n".join(f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in differences)
+    why = ("" if not any(k == "trainer.epochs" for k, _, _ in differences) else
+           "\n(trainer.epochs may change on resume, but not under a cosine schedule: its lr depends on the total.)")
+    raise ResumeMismatch(
+        f"cannot resume {path}: it was trained with another config, and one record cannot describe both:\n"
+        f"{lines}{why}\nFix: run it with its own config to continue it, or start a new run elsewhere: "
+        f"trainer.resume=never with a fresh hydra.run.dir (hydra.sweep.dir with -m).")

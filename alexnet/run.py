@@ -1,8 +1,9 @@
 """`python -m alexnet.run [overrides]`: train one AlexNet variant (or, with -m, one per sweep point).
 
-The command line: Hydra composes the config, `alexnet.train.train` trains it. In a multirun a failed job is
-recorded and the others go on; at the end `SweepSummary` writes the comparison report. torch is imported only
-once the config is valid, so a mistyped override fails in well under a second.
+The command line: Hydra composes the config, `alexnet.training.train` trains it. Hydra's globals are read here
+only (`run_context`); everything below takes plain arguments. In a multirun a failed job is recorded and the
+others go on; at the end `SweepSummary` writes the comparison report. torch is imported only once the config is
+valid, so a mistyped override fails in well under a second.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from alexnet.config import CONF_DIR, UserError, exit_on_user_error, to_typed
+from alexnet import rundir
+from alexnet.config import CONF_DIR, UserError, exit_on_user_error, normalize_argv, to_typed
 
 log = logging.getLogger("alexnet")
 
@@ -53,20 +55,38 @@ class SweepSummary(Callback):
             sys.exit(1)
 
 
+def run_context():
+    """What Hydra knows about this run, read once: everything below takes it as plain arguments."""
+    from alexnet.training import RunContext
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    notes, rundir.NOTES[:] = list(rundir.NOTES), []
+    return RunContext(run_dir=Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task),
+                      experiment=hydra_cfg.runtime.choices.get("experiment"),
+                      sweep_dir=hydra_cfg.sweep.dir if multirun else None,
+                      hydra_yaml=OmegaConf.to_yaml(hydra_cfg), notes=notes)
+
+
+def objective(summary: dict) -> float:
+    """What an Optuna sweep maximises: the best validation accuracy (never the test split's)."""
+    return summary.get("val/best_acc", float("nan"))
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(dict_cfg: DictConfig) -> float:
+def hydra_main(dict_cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with exit_on_user_error():
             cfg = to_typed(dict_cfg)  # every config check, before torch is imported
-            from alexnet.train import train
+            from alexnet.training import train
 
-            return train(cfg, dict_cfg)
+            return objective(train(cfg, run_context()))
     # In a sweep a failed job is recorded and the others go on, unless fail_fast is set.
     try:
         cfg = to_typed(dict_cfg)
-        from alexnet.train import train
+        from alexnet.training import train
 
-        return train(cfg, dict_cfg)
+        return objective(train(cfg, run_context()))
     except Exception as e:
         message = record_failure(dict_cfg, e)
         log.error("job failed: %s", message)
@@ -76,9 +96,14 @@ def main(dict_cfg: DictConfig) -> float:
         return float("nan")  # an Optuna sweep records the trial as failed
 
 
+def main() -> None:
+    sys.argv[1:] = normalize_argv(sys.argv[1:])
+    hydra_main()
+
+
 if __name__ == "__main__":
-    # Run `main` as alexnet.run.main, not __main__.main: launchers that pickle the task (joblib, submitit)
-    # can then refer to it by name instead of pickling this module's globals by value.
+    # Run `hydra_main` as alexnet.run.hydra_main, not __main__.hydra_main: launchers that pickle the task
+    # (joblib, submitit) can then refer to it by name instead of pickling this module's globals by value.
     from alexnet.run import main as importable_main
 
     importable_main()

@@ -55,9 +55,10 @@ class Tracker:
     def __init__(self, run_dir: Path, config: dict, mode: str, project: str, entity: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, name: str | None = None,
                  job_type: str = "train", init_timeout: float = 60.0, resume_id: str | None = None,
-                 keep_lines: int | None = None):
+                 keep_lines: int | None = None, runtime: float = 0.0):
         """`resume_id` continues that W&B run; `keep_lines` first cuts metrics.jsonl back to its first lines
-        (those written before the checkpoint a run resumes from), so no step appears twice."""
+        (those written before the checkpoint a run resumes from), so no step appears twice; `runtime` is the
+        wall-clock time the run had spent up to that checkpoint, so `_runtime` counts every process's share."""
         self.run_dir = Path(run_dir)
         path = self.run_dir / "metrics.jsonl"
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
@@ -66,7 +67,7 @@ class Tracker:
             path.write_text("".join(lines))
         self.lines = len(lines)  # lines in metrics.jsonl: a checkpoint records it
         self.metrics = open(path, "a")
-        self.start = time.time()
+        self.start = time.time() - runtime
         self.run = None
         self.mode = resolve_mode(mode)
         if self.mode == "disabled":
@@ -86,12 +87,11 @@ class Tracker:
                         error, self.run_dir / "metrics.jsonl")
             return
         if self.mode == "offline":
-            offline_dir = Path(self.run.dir).parent
             if error:
-                log.warning("W&B could not start an online run (%s); the run is kept offline in %s. "
-                            "Upload it later with: wandb sync %s", error, offline_dir, offline_dir)
+                log.warning("W&B could not start an online run (%s); the run is kept offline. Upload it later "
+                            "with: %s", error, self.sync_command())
             else:
-                log.info("W&B run stored offline in %s; upload it later with: wandb sync %s", offline_dir, offline_dir)
+                log.info("W&B run stored offline; upload it later with: %s", self.sync_command())
         if job_type == "train":
             self._wandb("define_metric", self._define_metrics)
 
@@ -109,10 +109,24 @@ class Tracker:
     def _define_metrics(run) -> None:
         """Epoch-level charts use the epoch as x-axis; the summary keeps the best val/acc, not the last."""
         run.define_metric("epoch")
-        for key in ("val/*", "train/acc", "train/loss_epoch", "train/images_per_sec", "train/time", "train/elapsed",
+        for key in ("val/*", "train/acc", "train/loss_epoch", "train/objective_epoch", "train/images_per_sec", "train/time", "train/elapsed",
                     "epoch_time"):
             run.define_metric(key, step_metric="epoch")
         run.define_metric("val/acc", step_metric="epoch", summary="max")
+
+    def offline_dirs(self) -> list[Path]:
+        """Every offline dir of this W&B run, oldest first: a resumed offline run adds one per process."""
+        if self.run is None:
+            return []
+        here = Path(self.run.dir).parent
+        return sorted(p for p in here.parent.glob(f"offline-run-*-{self.run.id}") if p.is_dir()) or [here]
+
+    def sync_command(self) -> str:
+        return "wandb sync " + " ".join(str(p) for p in self.offline_dirs())
+
+    def runtime(self) -> float:
+        """Wall-clock seconds of the run so far, over all its processes (up to each one's last checkpoint)."""
+        return round(time.time() - self.start, 3)
 
     def _wandb(self, what: str, call) -> None:
         if self.run is None:
@@ -131,7 +145,7 @@ class Tracker:
 
     def log(self, metrics: dict, step: int) -> None:
         metrics = {k: _jsonable(v) for k, v in metrics.items()}
-        self._write({"_step": step, "_runtime": round(time.time() - self.start, 3), **metrics})
+        self._write({"_step": step, "_runtime": self.runtime(), **metrics})
         self._wandb("log", lambda run: run.log(metrics, step=step))
 
     def summary(self, metrics: dict) -> None:
@@ -152,9 +166,10 @@ class Tracker:
 
         predictions, targets, confidences = results["predictions"], results["targets"], results["confidences"]
         confusion = confusion_matrix(predictions, targets, len(classes))
-        per_class = per_class_accuracy(confusion)
-        record = {"classes": classes, "confusion_matrix": confusion.tolist(),
-                  "per_class_acc": dict(zip(classes, per_class)), "acc": results["acc"], "loss": results["loss"]}
+        # a class without test images has no accuracy: it is left out, not reported as 0
+        per_class = {c: a for c, a in zip(classes, per_class_accuracy(confusion)) if a is not None}
+        record = {"classes": classes, "confusion_matrix": confusion.tolist(), "per_class_acc": per_class,
+                  "images": len(targets), "acc": results["acc"], "loss": results["loss"]}
         (self.run_dir / "test_results.json").write_text(json.dumps(record, indent=1))
         self._wandb("test results", lambda run: run.log(
             self._wandb_test_results(predictions, targets, confidences, classes, per_class, images, num_samples),
@@ -164,7 +179,7 @@ class Tracker:
     def _wandb_test_results(predictions, targets, confidences, classes, per_class, images, num_samples) -> dict:
         import wandb
 
-        accuracy = wandb.Table(columns=["class", "accuracy"], data=[[c, a] for c, a in zip(classes, per_class)])
+        accuracy = wandb.Table(columns=["class", "accuracy"], data=[[c, a] for c, a in per_class.items()])
         samples = wandb.Table(columns=["image", "true", "predicted", "confidence", "correct"])
         # Evenly spaced test images: the same rows in every run of a data set, so runs compare row by row.
         for i in sorted(set(spread_indices(len(targets), num_samples))):
@@ -195,6 +210,8 @@ class Tracker:
     def finish(self, exit_code: int = 0) -> None:
         """Always called, also on errors: the last line of metrics.jsonl says how the run ended."""
         self._write({"_exit": exit_code})
+        if self.mode == "offline" and self.run is not None:
+            log.info("W&B run stored offline; upload it with: %s", self.sync_command())
         self._wandb("finish", lambda run: run.finish(exit_code=exit_code))
         self.run = None
         self.metrics.close()
@@ -204,6 +221,9 @@ class NullTracker:
     """What ranks other than 0 track with under DDP: nothing (rank 0 logs for all)."""
 
     mode, run_id, lines = "disabled", None, 0
+
+    def runtime(self) -> float:
+        return 0.0
 
     def log(self, metrics: dict, step: int) -> None:
         pass

@@ -89,7 +89,7 @@ def test_wandb_run_holds_config_history_and_summary(trained):
 
 
 def test_multirun_gives_one_grouped_wandb_run_per_job(cli):
-    result = cli("-m", *TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100", "model.dropout=0.0,0.5")
+    result = cli("-m", *TINY, "debug=smoke", "data.train_size=600", "data.val_size=100", "model.dropout=0.0,0.5")
     assert result.returncode == 0, result.stderr[-3000:]
     dirs = run_dirs(cli.cwd)
     assert len(dirs) == 2
@@ -145,7 +145,7 @@ ERRORS = [  # (overrides, what the message must say, set-up of files in the work
     (["trainer.device=gpu"], "Invalid value 'gpu', expected one of [auto, cpu, cuda]", None),
     (["trainer.precision=fp8"], "expected one of [auto, fp32, bf16, fp16]", None),
     (["trainer.on_nonfinite=ignore"], "expected one of [stop, skip]", None),
-    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a positive learning rate", None),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a positive, finite learning rate", None),
     (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a float in [0, 1)", None),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1", None),
     (["trainer.epochs=0"], "trainer.epochs=0 is not allowed: an integer >= 1", None),

@@ -19,7 +19,36 @@ def test_every_group_has_options():
     assert {"cifar10", "imagefolder", "synthetic"} <= {o for g, o in OPTIONS if g == "data"}
     assert {"sgd", "adam", "adamw"} <= {o for g, o in OPTIONS if g == "optimizer"}
     assert {"none", "step", "cosine"} <= {o for g, o in OPTIONS if g == "scheduler"}
-    assert {"default", "smoke"} <= {o for g, o in OPTIONS if g == "trainer"}
+    assert {"default"} <= {o for g, o in OPTIONS if g == "trainer"}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_each_default_lives_in_one_place(group, option):
+    """A conf/ YAML file sets only what differs from its schema's dataclass default: one source per default."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from alexnet.config import GROUP_SCHEMAS
+
+    yaml_values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+    (schema_line,) = yaml_values.pop("defaults")
+    schema = GROUP_SCHEMAS[group][next(iter(schema_line.values())) if isinstance(schema_line, dict)
+                                  else schema_line.rsplit(": ", 1)[-1]]
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(schema) if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING}
+    repeated = {k: v for k, v in yaml_values.items() if k in defaults and defaults[k] == v}
+    assert not repeated, f"conf/{group}/{option}.yaml repeats its schema's defaults: {repeated}"
+
+
+def test_debug_smoke_applies_after_an_experiment():
+    """Both spellings of the experiment; the smoke settings win over the experiment's own trainer values."""
+    for experiment in ("+experiment=fast_cifar", "experiment=fast_cifar"):
+        cfg = to_typed(compose([experiment, "debug=smoke"]))
+        assert (cfg.trainer.epochs, cfg.trainer.limit_batches, cfg.trainer.limit_test_images) == (1, 5, 1000)
+        assert cfg.model.arch == "alexnet_cifar" and cfg.trainer.label_smoothing == 0.1  # the rest is the study's
+    assert to_typed(compose(["+experiment=fast_cifar"])).trainer.epochs == 40
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -53,7 +82,10 @@ def test_defaults_are_the_documented_ones():
     (["model.input_size=66"], "alexnet needs inputs of at least 67x67"),
     (["model=alexnet_cifar", "model.input_size=14"], "alexnet_cifar needs inputs of at least 15x15"),
     (["model.width=0"], "model.width=0.0"),
-    (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: a positive learning rate"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: a positive, finite learning rate"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: a positive, finite learning rate"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan is not allowed"),
+    (["trainer.limit_test_images=0"], "trainer.limit_test_images=0 is not allowed"),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1"),
     (["trainer.epochs=0"], "trainer.epochs=0"),
     (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'"),

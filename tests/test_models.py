@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alexnet.models import ARCHS, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, build_model, count_parameters, \
-    min_input_size, paper_lrn
+    feature_map_size, min_input_size, paper_lrn
 from alexnet.data import Loader, synthetic_images
 from alexnet.summary import layer_rows
 
@@ -35,7 +35,8 @@ def test_seed_parameter_count_without_the_final_relu():
 
 
 def test_final_relu_only_when_asked():
-    x = torch.randn(4, 3, 224, 224)
+    size = ARCHS["alexnet"].default_input_size
+    x = torch.randn(4, 3, size, size)
     torch.manual_seed(0)
     plain = build_model("alexnet", final_relu=False).eval()
     assert (plain(x) < 0).any()  # real logits can be negative
@@ -95,7 +96,8 @@ def test_lrn_trains_with_deterministic_algorithms_on_cuda(monkeypatch):
     torch.use_deterministic_algorithms(True)
     try:
         model = build_model("alexnet_cifar", lrn=True, width=0.25).cuda()
-        images = torch.randn(4, 3, 32, 32, device="cuda")
+        size = ARCHS["alexnet_cifar"].default_input_size
+        images = torch.randn(4, 3, size, size, device="cuda")
         torch.nn.functional.cross_entropy(model(images), torch.arange(4, device="cuda")).backward()
         assert all(p.grad is not None for p in model.parameters())
     finally:
@@ -121,28 +123,32 @@ def test_every_valid_input_size_runs_and_smaller_fails(arch):
     with pytest.raises(ValueError, match=f"at least {smallest}"):
         build_model(arch, input_size=smallest - 1)
     # The smallest size really is the smallest: one pixel less breaks the convolutions themselves.
-    features = build_model(arch, input_size=smallest, width=0.125)[0]
+    features = build_model(arch, input_size=smallest, width=0.125).features
     with pytest.raises(RuntimeError, match="too small"):
         features(torch.randn(1, 3, smallest - 1, smallest - 1))
 
 
 def test_alexnet_cifar_shapes_and_size():
+    spec = ARCHS["alexnet_cifar"]
     model = build_model("alexnet_cifar")
-    assert [r.shape for r in layer_rows(model, 32) if r.name.startswith("MaxPool2d")] == [
-        (96, 15, 15), (256, 7, 7), (256, 3, 3)]
+    pools = [r.shape for r in layer_rows(model, spec.default_input_size) if r.name.startswith("MaxPool2d")]
+    assert pools == [(96, 15, 15), (256, 7, 7), (256, 3, 3)]  # 32 -> 15 -> 7 -> 3, as documented in models.py
+    assert pools[-1] == (spec.convs[-1].channels, *[feature_map_size(spec, spec.default_input_size)] * 2)
     assert count_parameters(model) == 12_652_426  # documented in conf/model/alexnet_cifar.yaml and the README
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_width_scales_channels(arch):
     small, full = build_model(arch, width=0.25), build_model(arch)
-    assert small[0][0].out_channels == round(full[0][0].out_channels * 0.25)
+    assert small.features[0].out_channels == round(full.features[0].out_channels * 0.25) == round(
+        ARCHS[arch].convs[0].channels * 0.25)
     assert count_parameters(small) < count_parameters(full) / 8
 
 
 @pytest.mark.parametrize("num_classes", [2, 10, 100])
 def test_num_classes_sets_the_output(num_classes):
-    assert build_model("alexnet_cifar", num_classes=num_classes, width=0.125)(torch.randn(1, 3, 32, 32)).shape == (
+    size = ARCHS["alexnet_cifar"].default_input_size
+    assert build_model("alexnet_cifar", num_classes=num_classes, width=0.125)(torch.randn(1, 3, size, size)).shape == (
         1, num_classes)
 
 
@@ -154,15 +160,16 @@ def test_dropout_is_configured():
 @pytest.mark.parametrize("arch,channels", [("alexnet", 4), ("alexnet_cifar", 8)])
 def test_zero_input_channels_compute_the_same_function(arch, channels):
     torch.manual_seed(0)
-    size = 67 if arch == "alexnet" else 32
+    split = synthetic_images(8, 0.3, torch.Generator().manual_seed(0))
+    # The smallest input the arch takes, but no smaller than the images: alexnet 67, alexnet_cifar 32.
+    size = max(min_input_size(ARCHS[arch]), split.images.shape[-1])
     rgb = build_model(arch, input_size=size, width=0.25, dropout=0.0).eval()
     padded = build_model(arch, input_size=size, width=0.25, dropout=0.0, input_channels=channels).eval()
-    first = padded[0][0]
+    first = padded.features[0]
     assert first.weight.shape[1] == channels and first.weight[:, 3:].eq(0).all()
     state = rgb.state_dict()
-    state["0.0.weight"] = torch.cat([state["0.0.weight"], first.weight[:, 3:]], 1)
+    state["features.0.weight"] = torch.cat([state["features.0.weight"], first.weight[:, 3:]], 1)
     padded.load_state_dict(state)
-    split = synthetic_images(8, 0.3, torch.Generator().manual_seed(0))
     loaders = [Loader(split, 8, size, [0.5] * 3, [0.25] * 3, torch.device("cpu"), channels=c) for c in (3, channels)]
     (x3, _), (xc, _) = (next(iter(loader)) for loader in loaders)
     assert xc.shape[1] == channels and xc[:, 3:].eq(0).all() and torch.allclose(xc[:, :3], x3, atol=1e-6)
@@ -171,3 +178,16 @@ def test_zero_input_channels_compute_the_same_function(arch, channels):
     loss.backward()
     assert first.weight.grad[:, 3:].eq(0).all()  # the zero weights get no gradient and stay zero
     assert count_parameters(padded) - count_parameters(rgb) == first.weight[:, 3:].numel()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_state_dict_keys_name_the_two_stages(arch):
+    model = build_model(arch, width=0.125)
+    assert isinstance(model, torch.nn.Sequential)
+    assert [name for name, _ in model.named_children()] == ["features", "classifier"]
+    keys = list(model.state_dict())
+    assert keys and all(k.startswith(("features.", "classifier.")) for k in keys)
+    convs = [k for k in keys if k.startswith("features.") and k.endswith(".weight")]
+    linears = [k for k in keys if k.startswith("classifier.") and k.endswith(".weight")]
+    assert convs[0] == "features.0.weight" and len(convs) == len(ARCHS[arch].convs)
+    assert linears[0] == "classifier.1.weight" and len(linears) == 3  # after the Flatten: three Linear layers

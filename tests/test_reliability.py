@@ -19,7 +19,7 @@ import torch
 
 from alexnet.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint
 from alexnet.resume import restore_rng_state, rng_state
-from alexnet.train import restore_scaler
+from alexnet.state import restore_scaler
 from conftest import TINY, run_cli
 from wandb_records import offline_runs, read_run
 
@@ -230,24 +230,32 @@ def test_nan_stops_with_step_loss_and_lr_and_keeps_the_last_good_checkpoint(tmp_
     result = run_cli("run", [*RESUMABLE, "optimizer=sgd", "optimizer.lr=100", "scheduler.warmup_epochs=2"], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "non-finite training loss" in result.stderr and "at step" in result.stderr
-    assert "learning rate" in result.stderr and "keeps its last good checkpoint" in result.stderr
     run_dir = only_run_dir(tmp_path)
+    assert "learning rate" in result.stderr
+    assert f"The last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'} (epoch 1, batch 4, step 4)" \
+        in result.stderr  # what is on disk, truthfully
     last = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     bad_step = int(result.stderr.split("at step ")[1].split(" ")[0])
     assert last["step"] < bad_step
 
 
-def test_skip_mode_trains_through_and_counts(tmp_path):
+def test_skip_mode_trains_through_counts_and_never_tests_a_broken_model(tmp_path):
+    """The lr ramps to 1e4: batches are skipped and counted, and the epoch ends with a validation loss that is not
+    finite. It cannot be the best checkpoint, so no best exists to test: exit 2 saying so (before: `test loss
+    inf`, exit 0)."""
     result = run_cli("run", [*RESUMABLE, "trainer.epochs=1", "trainer.on_nonfinite=skip", "optimizer=sgd",
                              "optimizer.lr=1e4", "scheduler.warmup_epochs=1"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    epoch_row = next(r for r in records(only_run_dir(tmp_path)) if "val/acc" in r)
-    assert epoch_row["train/skipped_batches"] > 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "no epoch ended with a finite validation loss" in result.stderr
+    run_dir = only_run_dir(tmp_path)
+    epoch_row = next(r for r in records(run_dir) if "val/acc" in r)
+    assert epoch_row["train/skipped_batches"] > 0 and epoch_row["val/loss"] in ("nan", "inf")
+    assert not (run_dir / "checkpoints" / "best.pt").exists() and "val/best_acc" not in epoch_row
 
 
 def test_multirun_records_a_failed_job_and_runs_the_rest(tmp_path):
-    result = run_cli("run", ["-m", *TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100",
+    result = run_cli("run", ["-m", *TINY, "debug=smoke", "data.train_size=600", "data.val_size=100",
                              "model.input_size=8,32"], tmp_path)
     assert result.returncode == 1
     assert "1 job(s) of this sweep failed" in result.stderr
@@ -260,7 +268,7 @@ def test_multirun_records_a_failed_job_and_runs_the_rest(tmp_path):
 
 
 def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
-    result = run_cli("run", ["-m", *TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100",
+    result = run_cli("run", ["-m", *TINY, "debug=smoke", "data.train_size=600", "data.val_size=100",
                              "model.input_size=8,32", "fail_fast=true"], tmp_path)
     assert result.returncode == 2 and "stopping the sweep at its first failure" in result.stderr
     (sweep,) = tmp_path.glob("multirun/*/*")

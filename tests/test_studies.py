@@ -17,7 +17,7 @@ EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 ONE_STEP = ["data=synthetic", "model.width=0.125", "data.train_size=300", "data.val_size=50", "data.test_size=50",
             "data.batch_size=16", "data.eval_batch_size=50", "trainer.epochs=1", "trainer.limit_batches=1",
             "trainer.device=cpu", "wandb.mode=offline"]
-SMALL_SWEEP = [*TINY, "trainer=smoke", "data.train_size=600", "data.val_size=100", "data.test_size=100"]
+SMALL_SWEEP = [*TINY, "debug=smoke", "data.train_size=600", "data.val_size=100", "data.test_size=100"]
 
 
 def test_the_named_studies_exist():
@@ -28,7 +28,7 @@ def test_the_named_studies_exist():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_with_a_sweep_and_says_what_it_answers(name):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        cfg = hydra_compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params and all(str(v) for v in params.values())
     text = (EXPERIMENTS_DIR / f"{name}.yaml").read_text()
@@ -42,7 +42,7 @@ def test_input_size_pairs_each_size_with_a_model_that_fits():
     pairs = {}
     for option in ("s32", "s64", "s128", "s224"):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=["+experiment=input_size", f"input_size={option}"])
+            cfg = hydra_compose("config", overrides=["experiment=input_size", f"input_size={option}"])
         typed = to_typed(cfg)
         pairs[typed.model.input_size] = typed.model.arch
     assert pairs == {32: "alexnet_cifar", 64: "alexnet_cifar", 128: "alexnet", 224: "alexnet"}

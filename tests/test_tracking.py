@@ -52,7 +52,7 @@ def test_online_without_a_key_trains_and_keeps_an_offline_run(cli, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     overrides = [o for o in TINY if not o.startswith("wandb.")]
-    result = cli(*overrides, "trainer=smoke", "wandb.mode=online", HOME=str(home), WANDB_API_KEY="",
+    result = cli(*overrides, "debug=smoke", "wandb.mode=online", HOME=str(home), WANDB_API_KEY="",
                  NETRC=str(home / "netrc"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "W&B could not start an online run" in result.stdout and "the run is kept offline" in result.stdout
@@ -72,7 +72,7 @@ def test_unreachable_server_keeps_the_run_offline_within_bounded_time(cli, tmp_p
         port = s.getsockname()[1]
     overrides = [o for o in TINY if not o.startswith("wandb.")]
     start = time.monotonic()
-    result = cli(*overrides, "trainer=smoke", "wandb.mode=online", "wandb.init_timeout=5", timeout=240,
+    result = cli(*overrides, "debug=smoke", "wandb.mode=online", "wandb.init_timeout=5", timeout=240,
                  WANDB_BASE_URL=f"http://127.0.0.1:{port}", WANDB_API_KEY="x" * 40, HOME=str(tmp_path))
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,168 @@
+"""The run dir: which one a command writes to, one writer at a time, and the config record it holds.
+
+- `choose_run_dir` is Hydra's `hydra.run.dir` (a resolver): with trainer.resume=auto, the newest interrupted
+  run made by the same overrides (compared as a set) that no other process holds; else a fresh dir.
+- `lock` holds an flock on `<run_dir>/.lock` for the run's life. The OS drops it when the process dies, so a
+  killed run never leaves a stale lock, and two processes never write one run dir at once.
+- `write_record` writes `.hydra/config.yaml` and `overrides.yaml`. Hydra's own copies are off
+  (`hydra.output_subdir: null`): Hydra would write them at job start, before a resume is checked, so a
+  refused resume would leave a record of a config that never trained.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from alexnet.config import UserError
+
+_HELD: dict[Path, int] = {}  # run dir -> the open lock file: this process's locks
+NOTES: list[str] = []  # what choosing the run dir found, for the run's log (logging is not set up yet then)
+
+
+class RunDirBusy(UserError):
+    """Another process is writing this run dir."""
+
+
+def _key(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def holder(run_dir: Path) -> str:
+    """Who holds the lock, as the lock file says (`pid N on HOST`)."""
+    try:
+        return (Path(run_dir) / ".lock").read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def try_lock(run_dir: Path) -> bool:
+    """Take the run dir's lock (creating the dir), or False if another process holds it. Idempotent."""
+    key = _key(run_dir)
+    if key in _HELD:
+        return True
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+    _HELD[key] = fd
+    return True
+
+
+def lock(run_dir: Path) -> None:
+    """Hold the run dir for this process, or stop with the contract if another one writes it."""
+    if not try_lock(run_dir):
+        raise RunDirBusy(f"the run dir {run_dir} is being written by {holder(run_dir)}: two writers would "
+                         f"interleave its metrics.jsonl and checkpoints. Fix: wait for that run to finish, or give "
+                         f"this one its own dir (hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m).")
+
+
+def unlock(run_dir: Path) -> None:
+    fd = _HELD.pop(_key(run_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing drops the flock
+
+
+def comparable(overrides) -> list[str]:
+    """The overrides that make a command what it is, as a sorted list (order on the command line is no matter)."""
+    from alexnet.config import normalize_override
+
+    return sorted(normalize_override(o) for o in overrides if not o.startswith(("trainer.resume=", "hydra.")))
+
+
+def is_resumable(run_dir: Path) -> bool:
+    """A run that stopped before finishing (signal, kill, error) and left a checkpoint."""
+    checkpoints = run_dir / "checkpoints"
+    if not any((checkpoints / name).exists() for name in ("last.pt", "last.prev.pt")):
+        return False
+    try:
+        last = (run_dir / "metrics.jsonl").read_text().rstrip("\n").rsplit("\n", 1)[-1]
+        return json.loads(last) != {"_exit": 0}
+    except (OSError, ValueError):
+        return True  # no record, or its last line cut short by a kill: the checkpoint decides
+
+
+def interrupted_runs(root: str, overrides) -> list[Path]:
+    """Interrupted run dirs under `root` (`root/<date>/<time>`) made by the same overrides, newest first."""
+    wanted, found = comparable(overrides), []
+    for saved in sorted(Path(root).glob("*/*/.hydra/overrides.yaml"), reverse=True):
+        try:
+            same = comparable(yaml.safe_load(saved.read_text()) or []) == wanted
+        except (OSError, yaml.YAMLError):
+            continue
+        if same and is_resumable(saved.parent.parent):
+            found.append(saved.parent.parent)
+    return found
+
+
+def choose_run_dir(root: str, fresh: str, overrides, resume: str) -> str:
+    """Hydra's run dir for a single run (see the module doc). The chosen dir is locked at once, so a second
+    process started with the same command moves on to its own dir.
+
+    Under torchrun only rank 0 has a run dir; the other ranks get a scratch dir for Hydra's own files and
+    learn rank 0's run dir from it.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        return str(Path(tempfile.gettempdir()) / f"alexnet-rank{rank}-of-{os.getppid()}")
+    for run_dir in interrupted_runs(root, list(overrides)):
+        if resume != "auto":
+            NOTES.append(f"an interrupted run of this command is in {run_dir}; this one starts afresh "
+                         f"(trainer.resume={resume}). trainer.resume=auto would continue it.")
+            break
+        if try_lock(run_dir):
+            return str(run_dir)
+        NOTES.append(f"the interrupted run {run_dir} of this command is being resumed by {holder(run_dir)}; "
+                     f"this one starts afresh in its own run dir")
+    candidate, n = Path(root, fresh), 1
+    while not try_lock(candidate):  # the same command started within the same second
+        n += 1
+        candidate = Path(root, f"{fresh}-{n}")
+    return str(candidate)
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """The run dir already has a record or checkpoints of a run."""
+    metrics = run_dir / "metrics.jsonl"
+    return (metrics.is_file() and metrics.stat().st_size > 0) or any((run_dir / "checkpoints").glob("*.pt"))
+
+
+def never_checkpointed_same(run_dir: Path, config: dict) -> bool:
+    """The run dir's run has no checkpoint and its recorded config is `config` up to what may change on resume."""
+    from alexnet.resume import config_differences
+
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        return False
+    try:
+        recorded = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(recorded, dict) and not config_differences(recorded, config)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_record(run_dir: Path, config: dict, overrides: list[str], hydra_yaml: str | None = None) -> None:
+    """The run's config record, where Hydra keeps it (reports and `trainer.resume=auto` read it)."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    _write_atomic(folder / "overrides.yaml", yaml.safe_dump(list(overrides)))
+    if hydra_yaml is not None:
+        _write_atomic(folder / "hydra.yaml", hydra_yaml)

@@ -1,0 +1,78 @@
+"""`TrainState`: everything a run is at one instant, and the checkpoint format that holds it.
+
+A checkpoint is `TrainState.state_dict()` plus what the record needs (classes, the W&B run, metrics lines).
+`FORMAT` numbers the layout; `upgrade` reads older checkpoints' weights for evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from alexnet.distributed import Dist
+from alexnet.engine import EpochProgress
+from alexnet.resume import restore_rng_state, rng_state
+
+FORMAT = 2  # 2: named submodules (features.*, classifier.*), the config as given, the format number itself
+
+
+@dataclass
+class TrainState:
+    model: torch.nn.Module  # the network itself (not a DDP or compiled wrapper: its keys are the checkpoint's)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: dict  # the config it is trained with, as given (`auto` switches unresolved): resume compares it
+    precision: str  # what trainer.precision resolved to on this device
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    progress: EpochProgress = field(default_factory=EpochProgress)  # of the epoch under way
+    best_val_acc: float | None = None  # the best finite validation accuracy so far
+    trained_seconds: float = 0.0  # training time of the finished epochs, evaluation and checkpoints excluded
+
+    def state_dict(self, data_generator_state: torch.Tensor | None, device: torch.device, dist: Dist = Dist()) -> dict:
+        """The state to continue from (a collective with DDP: the epoch's sums are over all ranks)."""
+        return {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "progress": self.progress.state_dict(dist),
+                "best_val_acc": self.best_val_acc, "trained_seconds": self.trained_seconds,
+                # the data generator's position matters mid-epoch only: a new epoch seeds its own
+                "rng": rng_state(data_generator_state if self.progress.batch else None, device),
+                "precision": self.precision, "config": self.config}
+
+    def load_state_dict(self, saved: dict, device: torch.device, dist: Dist = Dist()) -> torch.Tensor | None:
+        """Continue from `saved` (checked compatible beforehand); returns the data generator's state."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        restore_scaler(self.scaler, saved["scaler"], saved.get("precision"), self.precision)
+        self.epoch, self.step = saved["epoch"], saved["step"]
+        self.best_val_acc, self.trained_seconds = saved["best_val_acc"], saved["trained_seconds"]
+        self.progress = EpochProgress.from_state(saved["progress"], dist)
+        return restore_rng_state(saved["rng"], device)
+
+    def weights_finite(self) -> bool:
+        """Every parameter finite (one host sync): a checkpoint is only ever written from a finite state."""
+        params = [p.detach() for p in self.model.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict, saved_precision: str | None, precision: str) -> None:
+    """The fp16 gradient scaler's state. A run may resume in another precision (`auto` means bf16 on one GPU and
+    fp16 on an older one): a scaler that was off then starts fresh now, and finds its scale within a few steps."""
+    import logging
+
+    if saved_precision not in (None, precision):
+        logging.getLogger("alexnet").warning("resuming a %s run in %s%s", saved_precision, precision,
+                                             ": the fp16 gradient scaler starts fresh" if scaler.is_enabled() else "")
+    if scaler.is_enabled() and state:  # a disabled scaler saved {}: nothing to restore
+        scaler.load_state_dict(state)
+
+
+def upgrade(checkpoint: dict) -> dict:
+    """A checkpoint of an older format, read as the current one as far as evaluation needs (the weights' keys)."""
+    if checkpoint.get("format", 1) >= FORMAT:
+        return checkpoint
+    renamed = {"0.": "features.", "1.": "classifier."}
+    weights = {renamed.get(k[:2], k[:2]) + k[2:]: v for k, v in checkpoint["model"].items()}
+    return {**checkpoint, "model": weights}

@@ -1,0 +1,450 @@
+"""Train one configured run: set up, resume (or start), fit, test, finish. `alexnet.run` is its command line,
+`alexnet.train` its Python API; both hand over a `RunContext`, so nothing below reads Hydra's globals.
+
+Per epoch: train, validate, log, checkpoint (last.pt, and best.pt by val/acc); mid-epoch checkpoints every
+`trainer.checkpoint_every_n_steps`. At the end the best checkpoint is scored on the whole test split. A run
+resumes exactly from its last checkpoint, only under the config it was trained with, and a signal makes it
+checkpoint and stop cleanly. Checkpoints are only ever written from a finite state. Everything is logged
+through `Tracker`, whose W&B run a `finally` finishes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from alexnet import distributed, performance, rundir
+from alexnet.checkpoint import CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
+from alexnet.config import Config, ConfigError, UserError, to_dict
+from alexnet.data import Dataset, Loader, Split, load_dataset
+from alexnet.distributed import Dist
+from alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
+from alexnet.models import count_parameters, model_from_config
+from alexnet.optim import build_optimizer, build_scheduler
+from alexnet.resume import check_compatible
+from alexnet.signals import StopSignals
+from alexnet.state import FORMAT, TrainState
+from alexnet.tracking import NullTracker, Tracker
+
+log = logging.getLogger("alexnet")
+
+
+@dataclass
+class RunContext:
+    """What the command line knows about a run: read from Hydra once (alexnet.run) or given (alexnet.train)."""
+
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    experiment: str | None = None  # +experiment=NAME
+    sweep_dir: str | None = None  # the multirun's dir, for a job of a sweep
+    hydra_yaml: str | None = None  # Hydra's config of the run, kept as .hydra/hydra.yaml
+    notes: list[str] = field(default_factory=list)  # what choosing the run dir found
+
+    def name(self) -> str:
+        """What differs from the defaults, e.g. `optimizer=adam,model.dropout=0.5`."""
+        kept = [o for o in self.overrides if not o.startswith(("hydra.", "wandb.", "trainer.resume="))]
+        return ",".join(kept) or "defaults"
+
+    def group(self, wandb_group: str | None) -> str | None:
+        """`wandb.group` if set, else the study: the sweep dir (after the experiment's name), or the experiment."""
+        if wandb_group:
+            return wandb_group
+        if self.sweep_dir:
+            return f"{self.experiment}:{self.sweep_dir}" if self.experiment else self.sweep_dir
+        return self.experiment
+
+
+@dataclass
+class Loaders:
+    train: Loader
+    val: Loader
+    test: Loader
+    test_split: Split  # the test images scored, on the CPU (for the W&B table of sample predictions)
+
+
+class Checkpoints:
+    """The run's checkpoint files: written in the background by rank 0, and able to say which is the last good
+    one. Without files (trainer.save_checkpoints=false) the best weights are kept in memory for the test."""
+
+    def __init__(self, folder: Path, enabled: bool, writes: bool):
+        self.folder, self.enabled, self.writes = folder, enabled, enabled and writes
+        self.writer = CheckpointWriter()
+        self.last_good: str | None = None  # what the last written last.pt holds
+        self.best_in_memory: dict | None = None
+
+    def save_last(self, payload: dict, what: str) -> None:
+        if self.writes:
+            self.writer.save(self.folder / "last.pt", payload)
+            self.last_good = f"{self.folder / 'last.pt'} ({what})"
+
+    def save_best(self, payload: dict) -> None:
+        if self.writes:
+            self.writer.save(self.folder / "best.pt", payload, keep_previous=False)
+        elif not self.enabled:
+            self.best_in_memory = {k: v.detach().clone() for k, v in payload["model"].items()}
+
+    def best_weights(self, device: torch.device) -> dict | None:
+        self.writer.wait()
+        if not self.enabled:
+            return self.best_in_memory
+        path = self.folder / "best.pt"
+        return load_checkpoint(path, map_location=device)["model"] if path.exists() else None
+
+    def describe_last_good(self) -> str:
+        if not self.enabled:
+            return "No checkpoint was written (trainer.save_checkpoints=false)."
+        if self.last_good is None:
+            return "This run wrote no checkpoint, so none holds a broken state."
+        return f"The last good checkpoint is {self.last_good}."
+
+
+@dataclass
+class Run:
+    """The parts of a run that stay fixed while it trains; what changes is in `state`."""
+
+    cfg: Config
+    ctx: RunContext
+    dist: Dist
+    device: torch.device
+    data: Dataset
+    loaders: Loaders
+    state: TrainState
+    train_model: torch.nn.Module  # state.model as trained: DDP-wrapped and/or compiled (the same parameters)
+    eval_model: torch.nn.Module
+    checkpoints: Checkpoints
+    info: dict  # the run's identity, stored in each checkpoint: name, group, overrides, W&B run id
+    tracker: Tracker | NullTracker = field(default_factory=NullTracker)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but CUDA is not available on this machine "
+                          "(no GPU, or a CPU-only torch). Fix: use trainer.device=auto or trainer.device=cpu.")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def scored_test_split(split: Split, limit: int | None, seed: int) -> Split:
+    """The whole test split, or `limit` images drawn at random with a fixed seed (the same for every run of a
+    data set), so that no class is left out as the first images of a class-ordered folder would."""
+    if limit is None or limit >= len(split):
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return Split(split.images[keep], split.labels[keep])
+
+
+def make_loaders(cfg: Config, data: Dataset, device: torch.device, dist: Dist) -> Loaders:
+    """Train and val are shared out between DDP ranks and cut by trainer.limit_batches; the test split is never
+    cut by it, and is scored on rank 0."""
+    d, limit = cfg.data, cfg.trainer.limit_batches
+    common = dict(input_size=cfg.model.input_size, mean=d.mean, std=d.std, device=device,
+                  channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device),
+                  channels=cfg.model.input_channels)
+    ranks = dict(rank=dist.rank, world_size=dist.world_size, max_batches=limit)
+    test = scored_test_split(data.test, cfg.trainer.limit_test_images, d.split_seed)
+    return Loaders(
+        train=Loader(data.train, d.batch_size, train=True, random_crop=d.random_crop, crop_padding=d.crop_padding,
+                     hflip=d.hflip, seed=cfg.seed, **common, **ranks),
+        val=Loader(data.val, d.eval_batch_size, **common, **ranks),
+        test=Loader(test, d.eval_batch_size, **common), test_split=test)
+
+
+def checkpoint_bytes(model, optimizer_name: str) -> int:
+    """Room for last, previous and the one being written (weights + optimizer state), and best."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    state_copies = {"sgd": 1, "adam": 2, "adamw": 2}.get(optimizer_name, 2)
+    return 3 * weights * (1 + state_copies) + weights + 2**20
+
+
+# ------------------------------------------------------------------------------------------------ the steps
+
+def find_resume_point(cfg: Config, ctx: RunContext, config: dict) -> tuple[dict, Path] | None:
+    """The checkpoint to continue from, checked against this config before anything is loaded or written.
+
+    A run dir that already holds a run is only ever continued from its own checkpoint, under its own config: a
+    fresh start or another run's checkpoint would mix two trainings in one record. One exception: a run of
+    the same config that never got to its first checkpoint (a job requeued early) starts over.
+    """
+    own = ctx.run_dir / "checkpoints" / "last.pt"
+    resume = cfg.trainer.resume
+    found = None if resume == "never" else load_latest(own) if resume == "auto" else (
+        load_checkpoint(Path(resume)), Path(resume))
+    continues_own = found is not None and Path(found[1]).resolve().parent == own.parent.resolve()
+    if rundir.holds_a_run(ctx.run_dir) and not continues_own:
+        if found is None and resume == "auto" and rundir.never_checkpointed_same(ctx.run_dir, config):
+            log.warning("the run in %s stopped before its first checkpoint: it starts over", ctx.run_dir)
+            (ctx.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            return None
+        raise UserError(f"the run dir {ctx.run_dir} already holds a run, and this one would "
+                        f"{'start afresh' if found is None else f'continue {found[1]}'} over its record. Fix: give "
+                        f"it a new dir (hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
+                        f"{'' if resume == 'auto' else ', or drop trainer.resume=... to continue the run that is there'}.")
+    if found is None:
+        return None
+    saved, path = found
+    if saved.get("format", 1) != FORMAT:
+        raise UserError(f"cannot resume {path}: it is a format-{saved.get('format', 1)} checkpoint, and this version "
+                        f"resumes format {FORMAT} (its weights still evaluate: alexnet.evaluate ckpt={path}). "
+                        f"Fix: start afresh with trainer.resume=never in a new run dir.")
+    check_compatible(path, saved["config"], config)
+    return saved, path
+
+
+def adopt(ctx: RunContext, saved: dict, path: Path) -> None:
+    """Continuing another run dir's checkpoint (trainer.resume=PATH): bring over its best checkpoint and its
+    metrics up to that checkpoint, so that this run dir alone holds the whole record."""
+    if path.resolve().parent == (ctx.run_dir / "checkpoints").resolve():
+        return
+    (ctx.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if (path.parent / "best.pt").is_file():
+        shutil.copyfile(path.parent / "best.pt", ctx.run_dir / "checkpoints" / "best.pt")
+    metrics = path.parent.parent / "metrics.jsonl"
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines(keepends=True)[:saved.get("metrics_lines", 0)]
+        (ctx.run_dir / "metrics.jsonl").write_text("".join(lines))
+
+
+def set_up(cfg: Config, ctx: RunContext, dist: Dist, device: torch.device, config: dict) -> Run:
+    """Data, model, optimizer and the rest, as `cfg` says; the state of a run that has not trained yet."""
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    performance.configure_backends(cfg.trainer, device)
+    data = load_dataset(cfg.data)
+    loaders = make_loaders(cfg, data, device, dist)
+    model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
+    performance.set_memory_format(model, cfg.trainer)  # before the optimizer allocates state like it
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.data.batch_size, device)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, len(loaders.train), cfg.trainer.epochs)
+    precision = cfg.trainer.precision.value
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if dist.active and cfg.trainer.on_nonfinite.value == "skip" and not skips_on_device(cfg.trainer, optimizer,
+                                                                                        scaler):
+        raise ConfigError("trainer.on_nonfinite=skip under DDP needs a fused optimizer and no fp16 scaler: "
+                          "otherwise each rank decides on its own loss, and a rank that skips leaves the others "
+                          "waiting in the gradient all-reduce. Fix: optimizer.impl=auto (fused) with "
+                          "trainer.precision=bf16 or fp32, or trainer.on_nonfinite=stop.")
+    state = TrainState(model, optimizer, scheduler, scaler, config, precision)
+    checkpoints = Checkpoints(ctx.run_dir / "checkpoints", cfg.trainer.save_checkpoints, dist.is_main)
+    if checkpoints.writes:
+        check_writable(checkpoints.folder, checkpoint_bytes(model, cfg.optimizer.name))
+    # DDP averages gradients over ranks; its broadcast at wrap time makes every rank start from rank 0's weights.
+    wrapped = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if dist.active else model
+    train_model = performance.maybe_compile(wrapped, cfg.trainer)
+    eval_model = performance.maybe_compile(model, cfg.trainer) if dist.active else train_model
+    info = {"name": ctx.name(), "group": ctx.group(cfg.wandb.group), "project": cfg.wandb.project,
+            "entity": cfg.wandb.entity, "overrides": list(ctx.overrides)}
+    log.info("%s: %s parameters | data: %d train, %d val, %d test images, %d classes | lr %.4g at batch %d",
+             cfg.model.arch, f"{count_parameters(model):,}", len(data.train), len(data.val), len(loaders.test_split),
+             len(data.classes), optimizer.param_groups[0]["initial_lr"], cfg.data.batch_size)
+    return Run(cfg, ctx, dist, device, data, loaders, state, train_model, eval_model, checkpoints, info)
+
+
+def open_tracker(run: Run, saved: dict | None) -> Tracker | NullTracker:
+    """The run's tracker; a resumed run continues its W&B run, its metrics.jsonl and its wall-clock time."""
+    if not run.dist.is_main:
+        return NullTracker()
+    cfg, resumed = run.cfg, saved or {}
+    config = {**run.state.config, "trainer": to_dict(cfg.trainer)}  # as it runs: `auto` switches resolved
+    tracker = Tracker(run.ctx.run_dir, config, cfg.wandb.mode.value, cfg.wandb.project, cfg.wandb.entity,
+                      run.info["group"], cfg.wandb.tags, run.info["name"], init_timeout=cfg.wandb.init_timeout,
+                      resume_id=resumed.get("run", {}).get("wandb_run_id"), keep_lines=resumed.get("metrics_lines"),
+                      runtime=resumed.get("run", {}).get("runtime", 0.0))
+    run.info["wandb_run_id"] = tracker.run_id
+    if cfg.wandb.watch:
+        tracker.watch(run.state.model, cfg.wandb.watch_log_freq)
+    return tracker
+
+
+def save_last(run: Run, step: int, progress: EpochProgress) -> None:
+    """Everything needed to continue as if nothing happened (a collective with DDP; rank 0 writes it)."""
+    state = run.state
+    state.step, state.progress = step, progress
+    if not state.weights_finite():  # the same on every rank: DDP keeps the weights identical
+        raise NonFiniteLoss(f"the weights hold NaN or infinite values at step {step} (epoch {state.epoch + 1}), "
+                            f"so they are not checkpointed. Fix: lower optimizer.lr, add warmup "
+                            f"(scheduler.warmup_epochs) or trainer.grad_clip_norm.")
+    payload = state.state_dict(run.loaders.train.generator_state(), run.device, run.dist)
+    if run.dist.is_main:
+        payload.update(metrics_lines=run.tracker.lines, classes=run.data.classes,
+                       run={**run.info, "runtime": run.tracker.runtime()})
+        run.checkpoints.save_last(payload, f"epoch {state.epoch + 1}, batch {progress.batch}, step {step}"
+                                  if progress.batch else f"the end of epoch {state.epoch}, step {step}")
+
+
+def end_epoch(run: Run, train_stats: dict, val: dict, seconds: float) -> None:
+    """Log the epoch and checkpoint it: last.pt always, best.pt if its finite val/acc is the best so far."""
+    state, trainer = run.state, run.cfg.trainer
+    finite = math.isfinite(val["loss"])
+    if not finite and trainer.on_nonfinite.value == "stop":
+        raise NonFiniteLoss(f"non-finite validation loss ({val['loss']}) after epoch {state.epoch + 1}: the "
+                            f"weights no longer compute finite outputs. Fix: lower optimizer.lr, add warmup "
+                            f"(scheduler.warmup_epochs) or trainer.grad_clip_norm.")
+    if not finite:
+        log.warning("validation loss %s after epoch %d: this epoch cannot be the best checkpoint", val["loss"],
+                    state.epoch + 1)
+    improved = finite and (state.best_val_acc is None or val["acc"] > state.best_val_acc)
+    if improved:
+        state.best_val_acc = val["acc"]
+    state.epoch, state.progress = state.epoch + 1, EpochProgress()
+    state.trained_seconds += train_stats["train/time"]
+    best = {} if state.best_val_acc is None else {"val/best_acc": state.best_val_acc}
+    run.tracker.log({**train_stats, "val/loss": val["loss"], "val/acc": val["acc"], **best, "epoch": state.epoch,
+                     "train/elapsed": state.trained_seconds, "epoch_time": seconds}, state.step)
+    loss, acc = (train_stats.get(k) for k in ("train/loss_epoch", "train/acc"))  # absent if all were skipped
+    log.info("epoch %d/%d | train loss %s acc %s | val loss %.4f acc %.4f | %.0f img/s | %.1fs", state.epoch,
+             trainer.epochs, "n/a" if loss is None else f"{loss:.4f}", "n/a" if acc is None else f"{acc:.4f}",
+             val["loss"], val["acc"], train_stats["train/images_per_sec"], seconds)
+    if run.checkpoints.enabled:
+        save_last(run, state.step, state.progress)
+    if improved:
+        run.checkpoints.save_best({"format": FORMAT, "model": state.model.state_dict(), "epoch": state.epoch,
+                                   "step": state.step, "val_acc": val["acc"], "config": state.config,
+                                   "classes": run.data.classes, "run": run.info})
+
+
+def fit(run: Run, generator_state: torch.Tensor | None) -> None:
+    """The epoch loop: train, validate, log, checkpoint; until the last epoch, or a signal asks to stop."""
+    import time
+
+    state, trainer, signals = run.state, run.cfg.trainer, StopSignals()
+    with signals:
+        while state.epoch < trainer.epochs and not signals.requested():
+            start = time.perf_counter()
+            try:
+                train_stats, state.step = train_one_epoch(
+                    run.train_model, run.loaders.train, state.optimizer, state.scheduler, state.scaler, run.device,
+                    trainer, state.epoch, state.step, state.progress, run.tracker.log, generator_state,
+                    (lambda step, progress: save_last(run, step, progress)) if trainer.save_checkpoints else None,
+                    signals.requested, run.dist)
+                generator_state = None  # only the first, resumed epoch continues a saved data order
+                if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
+                    break
+                val = evaluate(run.eval_model, run.loaders.val, run.device, state.precision, run.dist,
+                               trainer.tta_hflip)
+                end_epoch(run, train_stats, val, time.perf_counter() - start)
+            except NonFiniteLoss as e:  # say truthfully what is on disk
+                with contextlib.suppress(Exception):
+                    run.checkpoints.writer.wait()
+                raise NonFiniteLoss(f"{e} {run.checkpoints.describe_last_good()}") from None
+    run.checkpoints.writer.wait()  # every checkpoint on disk (or its error raised) before anyone reads one
+    if signals.requested():
+        log.warning("stopped at epoch %d, step %d by a signal; %s", state.epoch + 1, state.step,
+                    f"the checkpoint is {run.checkpoints.folder / 'last.pt'}: run the same command again to "
+                    f"resume" if trainer.save_checkpoints else "checkpoints are off (trainer.save_checkpoints=false)")
+        signals.stop()  # exits (or lets submitit requeue the job)
+
+
+def check_ranks_agree(run: Run) -> None:
+    """A cheap check that DDP kept every rank's weights identical."""
+    digests = run.dist.gather(digest(run.state.model.state_dict()))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
+    log.info("all %d ranks hold identical weights (sha256 %s)", run.dist.world_size, digests[0][:16])
+
+
+def test(run: Run) -> dict:
+    """Score the best checkpoint on the test split (rank 0); log and return the run's summary."""
+    state, cfg = run.state, run.cfg
+    best = run.checkpoints.best_weights(run.device)
+    if best is None and state.best_val_acc is not None:  # resumed from a checkpoint whose best.pt was not beside it
+        raise UserError(f"the best checkpoint (val acc {state.best_val_acc:.4f}) is not in {run.checkpoints.folder}, "
+                        f"so the test cannot score it. Fix: copy the resumed run's best.pt there and run the same "
+                        f"command again.")
+    if best is None:
+        raise NonFiniteLoss("no epoch ended with a finite validation loss, so there is no best checkpoint to test. "
+                            "Fix: lower optimizer.lr, add warmup (scheduler.warmup_epochs) or "
+                            "trainer.grad_clip_norm, in a new run.")
+    state.model.load_state_dict(best)
+    test = evaluate(run.eval_model, run.loaders.test, run.device, state.precision, hflip=cfg.trainer.tta_hflip)
+    images, total = len(run.loaders.test_split), len(run.data.test)
+    log.info("test (best checkpoint, val acc %.4f): loss %.4f acc %.4f on %s", state.best_val_acc, test["loss"],
+             test["acc"], f"all {total} images" if images == total else
+             f"{images} of {total} images (a seeded random subset: trainer.limit_test_images)")
+    run.tracker.log_test_results(test, run.data.classes, run.loaders.test_split.images, state.step,
+                                 cfg.wandb.sample_predictions)
+    # val/acc's summary is W&B's running max (define_metric): writing it here would clobber it.
+    summary = {"test/acc": test["acc"], "test/loss": test["loss"], "test/images": images,
+               "val/best_acc": state.best_val_acc, "train/elapsed": state.trained_seconds,
+               "params": count_parameters(state.model), "epochs": state.epoch, "steps": state.step}
+    run.tracker.summary(summary)
+    log_model = cfg.wandb.log_model if cfg.wandb.log_model is not None else run.tracker.mode == "online"
+    if log_model and run.checkpoints.writes:
+        run.tracker.log_model(run.checkpoints.folder / "best.pt", {**summary, "config": state.config})
+    return summary
+
+
+@contextlib.contextmanager
+def tracked(run: Run, saved: dict | None):
+    """Open the run's tracker; however the run ends, its last write finishes and the W&B run is finished with
+    the exit code (0, 128 + signal, or 1 for an error)."""
+    run.tracker = open_tracker(run, saved)
+    exit_code = 1
+    try:
+        yield run.tracker
+        exit_code = 0
+    except SystemExit as e:  # a signal's clean stop
+        exit_code = e.code if isinstance(e.code, int) else 1
+        raise
+    finally:
+        if exit_code != 0:  # let the last write finish, without masking the error on its way out
+            with contextlib.suppress(Exception):
+                run.checkpoints.writer.wait()
+        run.tracker.finish(exit_code)
+
+
+def train(cfg: Config, ctx: RunContext) -> dict:
+    """Train the run `cfg` (typed, from `to_typed`) in `ctx.run_dir`; returns its summary (test/acc, ...)."""
+    dist, device = distributed.setup(cfg.trainer.strategy.value, resolve_device(cfg.trainer.device.value))
+    config = to_dict(cfg)  # as given, `auto` switches unresolved: the record, and what a resume compares
+    cfg.trainer = performance.resolve(cfg.trainer, device)  # auto switches -> what they mean on this device
+    ctx.run_dir = Path(dist.broadcast(str(ctx.run_dir)))  # rank 0's: one run dir
+    flags = performance.backend_flags()
+    try:
+        if dist.is_main:
+            rundir.lock(ctx.run_dir)  # before anything in it is read or written
+        for note in ctx.notes:
+            log.warning(note)
+        log.info("config:\n%s", yaml.safe_dump(config, sort_keys=False))
+        log.info("run dir: %s | device: %s%s | %s", ctx.run_dir, device,
+                 f" | rank {dist.rank} of {dist.world_size} ({dist.backend})" if dist.active else "",
+                 performance.describe(cfg.trainer))
+        found = find_resume_point(cfg, ctx, config)
+        if dist.is_main:
+            if found:
+                adopt(ctx, *found)
+            rundir.write_record(ctx.run_dir, config, ctx.overrides, ctx.hydra_yaml)
+        run = set_up(cfg, ctx, dist, device, config)
+        generator_state = None
+        if found:
+            generator_state = run.state.load_state_dict(found[0], device, dist)
+            log.info("resuming from %s: %s", found[1], f"epoch {run.state.epoch + 1}, batch "
+                     f"{run.state.progress.batch}, step {run.state.step}" if run.state.epoch < cfg.trainer.epochs
+                     else f"all {run.state.epoch} epochs are done, only the final test runs again")
+        with tracked(run, found and found[0]):
+            fit(run, generator_state)
+            if dist.active:
+                check_ranks_agree(run)
+            return test(run) if dist.is_main else {}
+    finally:
+        performance.restore_backend_flags(flags)
+        distributed.teardown(dist)
+        rundir.unlock(ctx.run_dir)
