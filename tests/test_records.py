@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import alexnet
 from alexnet import rundir
 from alexnet.checkpoint import load_checkpoint
-from alexnet.config import ConfigError, compose, to_dict, to_typed
+from alexnet.config import UserError, compose, to_dict, to_typed
 from alexnet.data import Split
 from alexnet.engine import EpochProgress, confusion_matrix, per_class_accuracy, train_one_epoch
 from alexnet.resume import MAY_CHANGE, ResumeMismatch, config_differences, flatten
@@ -119,15 +119,9 @@ def test_a_run_dir_that_holds_another_run_is_never_written_over(tmp_path):
     run_dir = tmp_path / "run"
     train_in(run_dir)
     before = snapshot(run_dir)
-    with pytest.raises(alexnet_user_error(), match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run"):
         train_in(run_dir, "trainer.resume=never")
     assert snapshot(run_dir) == before
-
-
-def alexnet_user_error():
-    from alexnet.config import UserError
-
-    return UserError
 
 
 def test_resuming_another_runs_finished_checkpoint_tests_it_in_a_complete_new_record(tmp_path):
@@ -145,7 +139,7 @@ def test_resuming_another_runs_finished_checkpoint_tests_it_in_a_complete_new_re
 
 def test_a_diverging_run_stops_and_every_checkpoint_on_disk_is_finite(tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(alexnet_user_error()) as error:
+    with pytest.raises(UserError) as error:
         train_in(run_dir, "optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=2")
     message = str(error.value)
     assert "non-finite" in message
@@ -167,7 +161,7 @@ def test_skipping_non_finite_batches_never_tests_a_broken_best_checkpoint(tmp_pa
     try:
         summary = train_in(run_dir, "optimizer=sgd", "optimizer.lr=1e6", "trainer.on_nonfinite=skip",
                            "trainer.epochs=2")
-    except alexnet_user_error() as e:
+    except UserError as e:
         assert "no epoch ended with a finite validation loss" in str(e) or "weights hold NaN" in str(e)
     else:
         assert math.isfinite(summary["test/loss"])
@@ -388,3 +382,22 @@ def test_two_processes_resuming_the_same_interrupted_run_write_two_run_dirs(tmp_
         steps = [r["_step"] for r in rows if "train/loss" in r]
         assert steps == sorted(set(steps)), run_dir  # no step twice
         assert sum("_summary" in r for r in rows) == 1 and rows[-1] == {"_exit": 0}, run_dir
+
+
+def test_a_format_1_checkpoint_still_evaluates_but_does_not_resume(tmp_path):
+    """Before format 2 the model's stages were unnamed (`0.0.weight`); evaluation renames them, resume refuses."""
+    from alexnet.models import model_from_config
+    from alexnet.state import upgrade
+
+    cfg = to_typed(compose(SMALL))
+    model = model_from_config(cfg.model, num_classes=10)
+    old = {"model": {k.replace("features.", "0.", 1).replace("classifier.", "1.", 1): v
+                     for k, v in model.state_dict().items()}, "config": to_dict(compose(SMALL))}
+    assert all(k[0] in "01" for k in old["model"])
+    model_from_config(cfg.model, num_classes=10).load_state_dict(upgrade(old)["model"])  # strict: every key
+    from alexnet.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "old" / "last.pt", {**old, "epoch": 1})
+    with pytest.raises(UserError, match="format-1 checkpoint"):
+        train_in(tmp_path / "run", f"trainer.resume={tmp_path / 'old' / 'last.pt'}")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -1,10 +1,9 @@
-"""Fault injection through the real CLI: kills at random steps, damaged checkpoints, failing disks, NaNs, sweeps.
-
-Faults inside the training process (a full disk, a read-only run dir) are injected with a sitecustomize.py on
-PYTHONPATH, so the package itself has no test hooks.
+"""Fault injection: kills at random steps and damaged checkpoints through the real CLI; failing disks and NaNs
+in this process (alexnet.train, with monkeypatched writes: the package itself has no test hooks); sweeps.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -17,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import alexnet
 from alexnet.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint
+from alexnet.engine import NonFiniteLoss
 from alexnet.resume import restore_rng_state, rng_state
 from alexnet.state import restore_scaler
 from conftest import TINY, run_cli
@@ -30,32 +31,6 @@ RESUMABLE = [*TINY, "model.width=0.125", "data.train_size=1200", "data.val_size=
 TOTAL_STEPS = 45  # 3 epochs of 15 full batches (1,000 training images, batch 64)
 COMPARED = ("train/loss", "train/lr", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/best_acc")
 
-INJECT = '''
-import errno, os
-fault = os.environ.get("ALEXNET_FAULT", "")
-if fault.startswith("save-fails-after="):  # the disk fills up after N checkpoint writes
-    import torch
-    allowed, real_save = int(fault.split("=")[1]), torch.save
-    def save(*args, **kwargs):
-        global allowed
-        if allowed <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        allowed -= 1
-        return real_save(*args, **kwargs)
-    torch.save = save
-elif fault == "disk-nearly-full":
-    import shutil, collections
-    usage = collections.namedtuple("usage", "total used free")
-    shutil.disk_usage = lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20)
-elif fault == "read-only":
-    import pathlib
-    real_write = pathlib.Path.write_bytes
-    def write_bytes(self, data):
-        if self.name == ".write-probe":
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real_write(self, data)
-    pathlib.Path.write_bytes = write_bytes
-'''
 
 
 def only_run_dir(cwd: Path) -> Path:
@@ -193,62 +168,81 @@ def test_both_checkpoints_damaged_is_a_clear_error(interrupted):
     assert "the previous checkpoint is damaged too" in result.stderr and "trainer.resume=never" in result.stderr
 
 
-def with_fault(tmp_path: Path, fault: str) -> dict:
-    inject = tmp_path / "inject"
-    inject.mkdir(exist_ok=True)
-    (inject / "sitecustomize.py").write_text(INJECT)
-    return {"PYTHONPATH": f"{inject}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "ALEXNET_FAULT": fault}
+def train_here(tmp_path: Path, *overrides: str) -> dict:
+    """The RESUMABLE run in this process (alexnet.train), where the CLI is not the point; W&B off."""
+    return alexnet.train([*RESUMABLE, "wandb.mode=disabled", *overrides], run_dir=tmp_path / "run")
 
 
-def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path):
-    result = run_cli("run", RESUMABLE, tmp_path, **with_fault(tmp_path, "save-fails-after=3"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "could not write checkpoint" in result.stderr and "No space left on device" in result.stderr
-    assert "is intact" in result.stderr and "run the same command again to resume" in result.stderr
-    run_dir = only_run_dir(tmp_path)
+def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_save, allowed = torch.save, [3]
+
+    def save(*args, **kwargs):  # the disk fills up after 3 checkpoint writes
+        if allowed[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        allowed[0] -= 1
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError) as error:
+        train_here(tmp_path)
+    message = str(error.value)
+    assert "could not write checkpoint" in message and "No space left on device" in message
+    assert "is intact" in message and "run the same command again to resume" in message
+    run_dir = tmp_path / "run"
     kept = load_checkpoint(run_dir / "checkpoints/last.pt")  # verifies its digest
     assert kept["step"] == 12  # the third write: steps 4, 8, 12
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
     assert records(run_dir)[-1] == {"_exit": 1}
-    resumed = run_cli("run", RESUMABLE, tmp_path)  # space freed: the same command resumes
-    assert resumed.returncode == 0 and "resuming from" in resumed.stdout
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: the same run resumes and finishes
+    assert train_here(tmp_path)["steps"] == TOTAL_STEPS
 
 
-@pytest.mark.parametrize("fault,message", [
-    ("disk-nearly-full", "MiB free but checkpoints need about"),
-    ("read-only", "is not writable (Read-only file system)"),
-])
-def test_an_unusable_run_dir_stops_before_training(tmp_path, fault, message):
-    result = run_cli("run", RESUMABLE, tmp_path, **with_fault(tmp_path, fault))
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert not (only_run_dir(tmp_path) / "metrics.jsonl").exists()  # nothing trained
+def test_an_unusable_run_dir_stops_before_training(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    with pytest.raises(CheckpointError, match="MiB free but checkpoints need about"):
+        train_here(tmp_path)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
+    monkeypatch.undo()
+    real_write = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name == ".write-probe":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    with pytest.raises(CheckpointError, match=r"is not writable \(Read-only file system\)"):
+        train_here(tmp_path)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_nan_stops_with_step_loss_and_lr_and_keeps_the_last_good_checkpoint(tmp_path):
     # The lr ramps up over two epochs to 100: the first steps are fine and checkpointed (step 4), then the loss
     # blows up (step 6 with one thread and with two; at lr 10 one thread trained through, two did not).
-    result = run_cli("run", [*RESUMABLE, "optimizer=sgd", "optimizer.lr=100", "scheduler.warmup_epochs=2"], tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "non-finite training loss" in result.stderr and "at step" in result.stderr
-    run_dir = only_run_dir(tmp_path)
-    assert "learning rate" in result.stderr
+    with pytest.raises(NonFiniteLoss) as error:
+        train_here(tmp_path, "optimizer=sgd", "optimizer.lr=100", "scheduler.warmup_epochs=2")
+    message, run_dir = str(error.value), tmp_path / "run"
+    assert "non-finite training loss" in message and "at step" in message and "learning rate" in message
     assert f"The last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'} (epoch 1, batch 4, step 4)" \
-        in result.stderr  # what is on disk, truthfully
+        in message  # what is on disk, truthfully
     last = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert all(torch.isfinite(t).all() for t in last["model"].values())
-    bad_step = int(result.stderr.split("at step ")[1].split(" ")[0])
+    bad_step = int(message.split("at step ")[1].split(" ")[0])
     assert last["step"] < bad_step
 
 
 def test_skip_mode_trains_through_counts_and_never_tests_a_broken_model(tmp_path):
     """The lr ramps to 1e4: batches are skipped and counted, and the epoch ends with a validation loss that is not
-    finite. It cannot be the best checkpoint, so no best exists to test: exit 2 saying so (before: `test loss
-    inf`, exit 0)."""
-    result = run_cli("run", [*RESUMABLE, "trainer.epochs=1", "trainer.on_nonfinite=skip", "optimizer=sgd",
-                             "optimizer.lr=1e4", "scheduler.warmup_epochs=1"], tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "no epoch ended with a finite validation loss" in result.stderr
-    run_dir = only_run_dir(tmp_path)
+    finite. It cannot be the best checkpoint, so no best exists to test: the run says so (exit 2 from the CLI;
+    before: `test loss inf`, exit 0)."""
+    with pytest.raises(NonFiniteLoss, match="no epoch ended with a finite validation loss"):
+        train_here(tmp_path, "trainer.epochs=1", "trainer.on_nonfinite=skip", "optimizer=sgd", "optimizer.lr=1e4",
+                   "scheduler.warmup_epochs=1")
+    run_dir = tmp_path / "run"
     epoch_row = next(r for r in records(run_dir) if "val/acc" in r)
     assert epoch_row["train/skipped_batches"] > 0 and epoch_row["val/loss"] in ("nan", "inf")
     assert not (run_dir / "checkpoints" / "best.pt").exists() and "val/best_acc" not in epoch_row

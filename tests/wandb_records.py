@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,18 @@ def _put(target: dict, item) -> None:
     target[last] = json.loads(item.value_json)
 
 
-def read_run(path: Path) -> OfflineRun:
+def read_run(path: Path, wait: float = 0.0) -> OfflineRun:
+    """The run as logged. `wait`: seconds to wait for its exit record, as W&B's service writes the file after
+    `run.finish()` returns, so a run finished in this process may not be all on disk yet."""
+    deadline = time.monotonic() + wait
+    while True:
+        run = _read_run(path)
+        if run.exit_code is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def _read_run(path: Path) -> OfflineRun:
     run = OfflineRun()
     for record in read_records(path):
         kind = record.WhichOneof("record_type")
