@@ -5,6 +5,7 @@ A checkpoint is `TrainState.state_dict()` plus what the record needs (classes, t
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -60,8 +61,6 @@ class TrainState:
 def restore_scaler(scaler: torch.amp.GradScaler, state: dict, saved_precision: str | None, precision: str) -> None:
     """The fp16 gradient scaler's state. A run may resume in another precision (`auto` means bf16 on one GPU and
     fp16 on an older one): a scaler that was off then starts fresh now, and finds its scale within a few steps."""
-    import logging
-
     if saved_precision not in (None, precision):
         logging.getLogger("alexnet").warning("resuming a %s run in %s%s", saved_precision, precision,
                                              ": the fp16 gradient scaler starts fresh" if scaler.is_enabled() else "")

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -323,8 +324,6 @@ def end_epoch(run: Run, train_stats: dict, val: dict, seconds: float) -> None:
 
 def fit(run: Run, generator_state: torch.Tensor | None) -> None:
     """The epoch loop: train, validate, log, checkpoint; until the last epoch, or a signal asks to stop."""
-    import time
-
     state, trainer, signals = run.state, run.cfg.trainer, StopSignals()
     with signals:
         while state.epoch < trainer.epochs and not signals.requested():
