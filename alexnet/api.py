@@ -10,10 +10,12 @@ import contextlib
 import logging
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from alexnet import rundir
-from alexnet.config import compose, normalize_argv, to_typed
+from alexnet.config import ConfigError, compose, normalize_argv, to_typed
 
 
 @contextlib.contextmanager
@@ -48,17 +50,20 @@ def train(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | Non
     from alexnet.training import RunContext, train as train_run
 
     overrides = normalize_argv(list(overrides))
-    dict_cfg = compose(overrides, return_hydra_config=True)
-    if run_dir is None:
-        run_dir = dict_cfg.hydra.run.dir  # the resolver picks (and locks) it, as for the CLI
-    experiment = dict_cfg.hydra.runtime.choices.get("experiment")
+    try:
+        dict_cfg = compose(overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:  # the CLI's exit_on_user_error says the same
+        raise ConfigError(str(e)) from e
+    hydra_node = dict_cfg.hydra
     with open_dict(dict_cfg):
         del dict_cfg["hydra"]
-    cfg = to_typed(dict_cfg)
+    cfg = to_typed(dict_cfg)  # every check before the run dir is chosen (and locked)
+    if run_dir is None:
+        run_dir = hydra_node.run.dir  # the resolver picks (and locks) it, as for the CLI
     notes, rundir.NOTES[:] = list(rundir.NOTES), []
-    ctx = RunContext(Path(run_dir), overrides, experiment=experiment, notes=notes)
-    with run_log(ctx.run_dir):
-        return train_run(cfg, ctx)
-
-
-
+    ctx = RunContext(Path(run_dir), overrides, experiment=hydra_node.runtime.choices.get("experiment"), notes=notes)
+    try:
+        with run_log(ctx.run_dir):
+            return train_run(cfg, ctx)
+    finally:
+        rundir.unlock(ctx.run_dir)  # also when the run never started

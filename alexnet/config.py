@@ -38,6 +38,10 @@ class ConfigError(UserError, ValueError):
     """A value outside what its key allows."""
 
 
+class RunDirRefused(UserError):
+    """The run dir holds another run (or another process writes it): this run was refused, that one untouched."""
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}. Fix the override `{key}=...`.")

@@ -297,16 +297,19 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
 
 @torch.no_grad()
 def evaluate(model, loader: Loader, device: torch.device, precision: str, dist: Dist = Dist(),
-             hflip: bool = False) -> dict:
+             hflip: bool = False, should_stop: Callable[[], bool] | None = None) -> dict | None:
     """Mean cross-entropy, accuracy, and each image's prediction and confidence (max softmax probability).
 
     `hflip`: score the mean logits of each image and its mirror image (test-time augmentation).
     With a sharded loader (DDP) loss and accuracy are over all ranks; predictions are this rank's.
+    `should_stop` (one process only): checked before each batch; None is returned if it says stop.
     """
     model.eval()
     loss_sum = torch.zeros((), device=device)
     predictions, confidences, targets = [], [], []
     for images, labels in loader:
+        if should_stop is not None and should_stop():
+            return None
         with autocast(device, precision):
             logits = model(images).float()
             if hflip:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from alexnet.config import UserError
+from alexnet.config import RunDirRefused
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +59,7 @@ MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.device", "trainer.str
 EPOCH_SHAPED_SCHEDULES = ("cosine",)
 
 
-class ResumeMismatch(UserError):
+class ResumeMismatch(RunDirRefused):
     """A checkpoint and a config that disagree on what was trained."""
 
 

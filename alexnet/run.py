@@ -20,23 +20,36 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet import rundir
-from alexnet.config import CONF_DIR, UserError, exit_on_user_error, normalize_argv, to_typed
+from alexnet.config import CONF_DIR, RunDirRefused, UserError, exit_on_user_error, normalize_argv, to_typed
 
 log = logging.getLogger("alexnet")
 
 
+REFUSED = "refused"  # <sweep dir>/refused/<job>.json: jobs whose run dir holds another run, left untouched
+
+
 def record_failure(dict_cfg: DictConfig, error: BaseException) -> str:
-    """Write the failed job's overrides and error to its run dir, for the sweep's summary."""
+    """Write the failed job's overrides and error for the sweep's summary: to its run dir, or, when the run dir
+    was refused (it holds another run), beside it, so that run's record stays as it was."""
     hydra_cfg = HydraConfig.get()
     message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
     record = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task), "error": message,
               "traceback": None if isinstance(error, UserError) else traceback.format_exc()}
-    Path(hydra_cfg.runtime.output_dir, "failure.json").write_text(json.dumps(record, indent=1))
+    path = Path(hydra_cfg.runtime.output_dir, "failure.json")
+    if isinstance(error, RunDirRefused):
+        path = Path(hydra_cfg.sweep.dir, REFUSED, f"{hydra_cfg.job.num}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
     return message
 
 
 class SweepSummary(Callback):
     """At the end of a multirun: write its comparison report, list the jobs that failed and exit non-zero."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        import shutil
+
+        shutil.rmtree(Path(config.hydra.sweep.dir, REFUSED), ignore_errors=True)  # an earlier invocation's
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from alexnet.report import ReportError, load_local_runs, write_report
@@ -47,7 +60,8 @@ class SweepSummary(Callback):
             log.info("comparison report: %s (%d configurations)", sweep_dir / "report.md", len(result["rows"]))
         except ReportError as e:
             log.warning("no comparison report: %s", e)
-        failures = [json.loads(p.read_text()) for p in sweep_dir.glob("*/failure.json")]
+        failures = [json.loads(p.read_text()) for p in (*sweep_dir.glob("*/failure.json"),
+                                                        *sweep_dir.glob(f"{REFUSED}/*.json"))]
         if failures:
             print(f"{len(failures)} job(s) of this sweep failed (the others finished):", file=sys.stderr)
             for f in sorted(failures, key=lambda f: f["job"]):

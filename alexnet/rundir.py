@@ -19,13 +19,13 @@ from pathlib import Path
 
 import yaml
 
-from alexnet.config import UserError
+from alexnet.config import RunDirRefused
 
 _HELD: dict[Path, int] = {}  # run dir -> the open lock file: this process's locks
 NOTES: list[str] = []  # what choosing the run dir found, for the run's log (logging is not set up yet then)
 
 
-class RunDirBusy(UserError):
+class RunDirBusy(RunDirRefused):
     """Another process is writing this run dir."""
 
 
@@ -76,10 +76,18 @@ def unlock(run_dir: Path) -> None:
 
 
 def comparable(overrides) -> list[str]:
-    """The overrides that make a command what it is, as a sorted list (order on the command line is no matter)."""
+    """The overrides that make a command what it is, as parsed values in a set: order, spelling (`1e-3`,
+    `0.001`) and repeats are no matter."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from alexnet.config import normalize_override
 
-    return sorted(normalize_override(o) for o in overrides if not o.startswith(("trainer.resume=", "hydra.")))
+    kept = [normalize_override(o) for o in overrides if not o.startswith(("trainer.resume=", "hydra."))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(kept)
+    except Exception:  # not parsable (a hand-edited record): compare the text
+        return sorted(set(kept))
+    return sorted({f"{o.get_key_element()}={o.value()!r}" for o in parsed})
 
 
 def is_resumable(run_dir: Path) -> bool:
@@ -139,17 +147,49 @@ def holds_a_run(run_dir: Path) -> bool:
     return (metrics.is_file() and metrics.stat().st_size > 0) or any((run_dir / "checkpoints").glob("*.pt"))
 
 
+def metrics_rows(run_dir: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill
+            pass
+    return rows
+
+
+def recorded_config(run_dir: Path) -> dict | None:
+    try:
+        recorded = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def finished_summary(run_dir: Path, config: dict) -> dict | None:
+    """The summary of the run in `run_dir` if it finished (exit 0) with this config, up to what may change on
+    resume and the same number of epochs; None otherwise."""
+    from alexnet.resume import config_differences
+
+    rows, recorded = metrics_rows(run_dir), recorded_config(run_dir)
+    if not rows or rows[-1] != {"_exit": 0} or recorded is None or config_differences(recorded, config):
+        return None
+    if recorded.get("trainer", {}).get("epochs") != config["trainer"]["epochs"]:
+        return None  # more (or fewer) epochs: the resume decides
+    return next((r["_summary"] for r in reversed(rows) if "_summary" in r), None)
+
+
 def never_checkpointed_same(run_dir: Path, config: dict) -> bool:
     """The run dir's run has no checkpoint and its recorded config is `config` up to what may change on resume."""
     from alexnet.resume import config_differences
 
-    if any((run_dir / "checkpoints").glob("*.pt")):
+    rows, recorded = metrics_rows(run_dir), recorded_config(run_dir)
+    if any((run_dir / "checkpoints").glob("*.pt")) or (rows and rows[-1] == {"_exit": 0}) or recorded is None:
         return False
-    try:
-        recorded = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(recorded, dict) and not config_differences(recorded, config)
+    return not config_differences(recorded, config)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -159,7 +199,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_record(run_dir: Path, config: dict, overrides: list[str], hydra_yaml: str | None = None) -> None:
-    """The run's config record, where Hydra keeps it (reports and `trainer.resume=auto` read it)."""
+    """The run's config record, where Hydra keeps it (reports and `trainer.resume=auto` read it). A failure
+    record of an earlier attempt goes: this attempt's checks passed, and it will write its own if it fails."""
+    (run_dir / "failure.json").unlink(missing_ok=True)
     folder = run_dir / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))

@@ -1,6 +1,8 @@
 """`TrainState`: everything a run is at one instant, and the checkpoint format that holds it.
 
 A checkpoint is `TrainState.state_dict()` plus what the record needs (classes, the W&B run, metrics lines).
+The state holds the best epoch's weights too, so each last.pt is the whole run so far: best.pt is an export of
+them, and a resume from any checkpoint (an older one too) tests the best weights *of that history*.
 `FORMAT` numbers the layout; `upgrade` reads older checkpoints' weights for evaluation.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     progress: EpochProgress = field(default_factory=EpochProgress)  # of the epoch under way
     best_val_acc: float | None = None  # the best finite validation accuracy so far
+    best_weights: dict | None = None  # the model's state_dict at that epoch (a copy, on the model's device)
+    best_epoch: int | None = None
     trained_seconds: float = 0.0  # training time of the finished epochs, evaluation and checkpoints excluded
 
     def state_dict(self, data_generator_state: torch.Tensor | None, device: torch.device, dist: Dist = Dist()) -> dict:
@@ -36,7 +40,8 @@ class TrainState:
         return {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "progress": self.progress.state_dict(dist),
-                "best_val_acc": self.best_val_acc, "trained_seconds": self.trained_seconds,
+                "best_val_acc": self.best_val_acc, "best_weights": self.best_weights, "best_epoch": self.best_epoch,
+                "trained_seconds": self.trained_seconds,
                 # the data generator's position matters mid-epoch only: a new epoch seeds its own
                 "rng": rng_state(data_generator_state if self.progress.batch else None, device),
                 "precision": self.precision, "config": self.config}
@@ -49,8 +54,15 @@ class TrainState:
         restore_scaler(self.scaler, saved["scaler"], saved.get("precision"), self.precision)
         self.epoch, self.step = saved["epoch"], saved["step"]
         self.best_val_acc, self.trained_seconds = saved["best_val_acc"], saved["trained_seconds"]
+        self.best_epoch, best = saved["best_epoch"], saved["best_weights"]
+        self.best_weights = None if best is None else {k: v.to(device) for k, v in best.items()}
         self.progress = EpochProgress.from_state(saved["progress"], dist)
         return restore_rng_state(saved["rng"], device)
+
+    def keep_as_best(self, val_acc: float) -> None:
+        """The weights now (at the end of epoch `self.epoch`) are the best so far."""
+        self.best_val_acc, self.best_epoch = val_acc, self.epoch
+        self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def weights_finite(self) -> bool:
         """Every parameter finite (one host sync): a checkpoint is only ever written from a finite state."""

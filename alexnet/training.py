@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 
 from alexnet import distributed, performance, rundir
 from alexnet.checkpoint import CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
-from alexnet.config import Config, ConfigError, UserError, to_dict
+from alexnet.config import Config, ConfigError, RunDirRefused, UserError, to_dict
 from alexnet.data import Dataset, Loader, Split, load_dataset
 from alexnet.distributed import Dist
 from alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
@@ -73,32 +72,26 @@ class Loaders:
 
 
 class Checkpoints:
-    """The run's checkpoint files: written in the background by rank 0, and able to say which is the last good
-    one. Without files (trainer.save_checkpoints=false) the best weights are kept in memory for the test."""
+    """The run's checkpoint files, written in the background by rank 0: last.pt, the whole state (best weights
+    included), and best.pt, an export of the best weights alone. Knows which is the last good one."""
 
     def __init__(self, folder: Path, enabled: bool, writes: bool):
         self.folder, self.enabled, self.writes = folder, enabled, enabled and writes
         self.writer = CheckpointWriter()
         self.last_good: str | None = None  # what the last written last.pt holds
-        self.best_in_memory: dict | None = None
 
     def save_last(self, payload: dict, what: str) -> None:
         if self.writes:
             self.writer.save(self.folder / "last.pt", payload)
             self.last_good = f"{self.folder / 'last.pt'} ({what})"
 
-    def save_best(self, payload: dict) -> None:
-        if self.writes:
-            self.writer.save(self.folder / "best.pt", payload, keep_previous=False)
-        elif not self.enabled:
-            self.best_in_memory = {k: v.detach().clone() for k, v in payload["model"].items()}
-
-    def best_weights(self, device: torch.device) -> dict | None:
-        self.writer.wait()
-        if not self.enabled:
-            return self.best_in_memory
-        path = self.folder / "best.pt"
-        return load_checkpoint(path, map_location=device)["model"] if path.exists() else None
+    def export_best(self, run: "Run") -> None:
+        state = run.state
+        if self.writes and state.best_weights is not None:
+            self.writer.save(self.folder / "best.pt", {
+                "format": FORMAT, "model": state.best_weights, "epoch": state.best_epoch,
+                "val_acc": state.best_val_acc, "config": state.config, "classes": run.data.classes, "run": run.info},
+                keep_previous=False)
 
     def describe_last_good(self) -> str:
         if not self.enabled:
@@ -170,10 +163,10 @@ def make_loaders(cfg: Config, data: Dataset, device: torch.device, dist: Dist) -
 
 
 def checkpoint_bytes(model, optimizer_name: str) -> int:
-    """Room for last, previous and the one being written (weights + optimizer state), and best."""
+    """Room for last, previous and the one being written (weights, best weights, optimizer state), and best."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     state_copies = {"sgd": 1, "adam": 2, "adamw": 2}.get(optimizer_name, 2)
-    return 3 * weights * (1 + state_copies) + weights + 2**20
+    return 3 * weights * (2 + state_copies) + weights + 2**20
 
 
 # ------------------------------------------------------------------------------------------------ the steps
@@ -195,7 +188,7 @@ def find_resume_point(cfg: Config, ctx: RunContext, config: dict) -> tuple[dict,
             log.warning("the run in %s stopped before its first checkpoint: it starts over", ctx.run_dir)
             (ctx.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return None
-        raise UserError(f"the run dir {ctx.run_dir} already holds a run, and this one would "
+        raise RunDirRefused(f"the run dir {ctx.run_dir} already holds a run, and this one would "
                         f"{'start afresh' if found is None else f'continue {found[1]}'} over its record. Fix: give "
                         f"it a new dir (hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
                         f"{'' if resume == 'auto' else ', or drop trainer.resume=... to continue the run that is there'}.")
@@ -206,18 +199,39 @@ def find_resume_point(cfg: Config, ctx: RunContext, config: dict) -> tuple[dict,
         raise UserError(f"cannot resume {path}: it is a format-{saved.get('format', 1)} checkpoint, and this version "
                         f"resumes format {FORMAT} (its weights still evaluate: alexnet.evaluate ckpt={path}). "
                         f"Fix: start afresh with trainer.resume=never in a new run dir.")
+    if "optimizer" not in saved:
+        raise UserError(f"cannot resume {path}: it holds weights only (a best.pt), not a training state. Fix: "
+                        f"trainer.resume={path.parent / 'last.pt'}, or score it with alexnet.evaluate ckpt={path}.")
     check_compatible(path, saved["config"], config)
+    started = saved["epoch"] + (saved["progress"].get("batch", 0) > 0)
+    if cfg.trainer.epochs < started:
+        raise RunDirRefused(f"cannot resume {path} with trainer.epochs={cfg.trainer.epochs}: it has trained "
+                            f"{'into ' if started > saved['epoch'] else ''}epoch {started}, and its record would "
+                            f"claim fewer epochs than the weights had. Fix: trainer.epochs>={started}.")
     return saved, path
 
 
+def resume(run: Run, saved: dict, path: Path) -> torch.Tensor | None:
+    """Continue `saved` on the data it trained on; best.pt is exported again from the state, so it always
+    belongs to the history this run continues. Returns the data generator's state."""
+    sizes = [len(run.data.train), len(run.data.val), len(run.data.test)]
+    if saved.get("classes") != run.data.classes or saved.get("data_sizes", sizes) != sizes:
+        raise RunDirRefused(f"cannot resume {path}: it trained on other data ({len(saved.get('classes') or [])} "
+                            f"classes, splits {saved.get('data_sizes')}) than data.root={run.cfg.data.root} holds "
+                            f"({len(run.data.classes)} classes, splits {sizes}). Fix: point data.root at its data.")
+    generator_state = run.state.load_state_dict(saved, run.device, run.dist)
+    state = run.state
+    log.info("resuming from %s: %s", path, f"epoch {state.epoch + 1}, batch {state.progress.batch}, step "
+             f"{state.step}" if state.epoch < run.cfg.trainer.epochs
+             else f"all {state.epoch} epochs are done, only the final test runs again")
+    return generator_state
+
+
 def adopt(ctx: RunContext, saved: dict, path: Path) -> None:
-    """Continuing another run dir's checkpoint (trainer.resume=PATH): bring over its best checkpoint and its
-    metrics up to that checkpoint, so that this run dir alone holds the whole record."""
+    """Continuing another run dir's checkpoint (trainer.resume=PATH): bring over its metrics up to that
+    checkpoint, so that this run dir alone holds the whole record (the best weights are in the checkpoint)."""
     if path.resolve().parent == (ctx.run_dir / "checkpoints").resolve():
         return
-    (ctx.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if (path.parent / "best.pt").is_file():
-        shutil.copyfile(path.parent / "best.pt", ctx.run_dir / "checkpoints" / "best.pt")
     metrics = path.parent.parent / "metrics.jsonl"
     if metrics.is_file():
         lines = metrics.read_text().splitlines(keepends=True)[:saved.get("metrics_lines", 0)]
@@ -286,6 +300,7 @@ def save_last(run: Run, step: int, progress: EpochProgress) -> None:
     payload = state.state_dict(run.loaders.train.generator_state(), run.device, run.dist)
     if run.dist.is_main:
         payload.update(metrics_lines=run.tracker.lines, classes=run.data.classes,
+                       data_sizes=[len(run.data.train), len(run.data.val), len(run.data.test)],
                        run={**run.info, "runtime": run.tracker.runtime()})
         run.checkpoints.save_last(payload, f"epoch {state.epoch + 1}, batch {progress.batch}, step {step}"
                                   if progress.batch else f"the end of epoch {state.epoch}, step {step}")
@@ -303,9 +318,9 @@ def end_epoch(run: Run, train_stats: dict, val: dict, seconds: float) -> None:
         log.warning("validation loss %s after epoch %d: this epoch cannot be the best checkpoint", val["loss"],
                     state.epoch + 1)
     improved = finite and (state.best_val_acc is None or val["acc"] > state.best_val_acc)
-    if improved:
-        state.best_val_acc = val["acc"]
     state.epoch, state.progress = state.epoch + 1, EpochProgress()
+    if improved:
+        state.keep_as_best(val["acc"])
     state.trained_seconds += train_stats["train/time"]
     best = {} if state.best_val_acc is None else {"val/best_acc": state.best_val_acc}
     run.tracker.log({**train_stats, "val/loss": val["loss"], "val/acc": val["acc"], **best, "epoch": state.epoch,
@@ -317,39 +332,45 @@ def end_epoch(run: Run, train_stats: dict, val: dict, seconds: float) -> None:
     if run.checkpoints.enabled:
         save_last(run, state.step, state.progress)
     if improved:
-        run.checkpoints.save_best({"format": FORMAT, "model": state.model.state_dict(), "epoch": state.epoch,
-                                   "step": state.step, "val_acc": val["acc"], "config": state.config,
-                                   "classes": run.data.classes, "run": run.info})
+        run.checkpoints.export_best(run)
 
 
-def fit(run: Run, generator_state: torch.Tensor | None) -> None:
+def fit(run: Run, generator_state: torch.Tensor | None, signals: StopSignals) -> None:
     """The epoch loop: train, validate, log, checkpoint; until the last epoch, or a signal asks to stop."""
-    state, trainer, signals = run.state, run.cfg.trainer, StopSignals()
-    with signals:
-        while state.epoch < trainer.epochs and not signals.requested():
-            start = time.perf_counter()
-            try:
-                train_stats, state.step = train_one_epoch(
-                    run.train_model, run.loaders.train, state.optimizer, state.scheduler, state.scaler, run.device,
-                    trainer, state.epoch, state.step, state.progress, run.tracker.log, generator_state,
-                    (lambda step, progress: save_last(run, step, progress)) if trainer.save_checkpoints else None,
-                    signals.requested, run.dist)
-                generator_state = None  # only the first, resumed epoch continues a saved data order
-                if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
-                    break
-                val = evaluate(run.eval_model, run.loaders.val, run.device, state.precision, run.dist,
-                               trainer.tta_hflip)
-                end_epoch(run, train_stats, val, time.perf_counter() - start)
-            except NonFiniteLoss as e:  # say truthfully what is on disk
-                with contextlib.suppress(Exception):
-                    run.checkpoints.writer.wait()
-                raise NonFiniteLoss(f"{e} {run.checkpoints.describe_last_good()}") from None
+    state, trainer = run.state, run.cfg.trainer
+    while state.epoch < trainer.epochs and not signals.requested():
+        start = time.perf_counter()
+        try:
+            train_stats, state.step = train_one_epoch(
+                run.train_model, run.loaders.train, state.optimizer, state.scheduler, state.scaler, run.device,
+                trainer, state.epoch, state.step, state.progress, run.tracker.log, generator_state,
+                (lambda step, progress: save_last(run, step, progress)) if trainer.save_checkpoints else None,
+                signals.requested, run.dist)
+            generator_state = None  # only the first, resumed epoch continues a saved data order
+            if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
+                break
+            val = evaluate(run.eval_model, run.loaders.val, run.device, state.precision, run.dist,
+                           trainer.tta_hflip)
+            end_epoch(run, train_stats, val, time.perf_counter() - start)
+        except NonFiniteLoss as e:  # say truthfully what is on disk
+            with contextlib.suppress(Exception):
+                run.checkpoints.writer.wait()
+            raise NonFiniteLoss(f"{e} {run.checkpoints.describe_last_good()}") from None
     run.checkpoints.writer.wait()  # every checkpoint on disk (or its error raised) before anyone reads one
-    if signals.requested():
-        log.warning("stopped at epoch %d, step %d by a signal; %s", state.epoch + 1, state.step,
-                    f"the checkpoint is {run.checkpoints.folder / 'last.pt'}: run the same command again to "
-                    f"resume" if trainer.save_checkpoints else "checkpoints are off (trainer.save_checkpoints=false)")
-        signals.stop()  # exits (or lets submitit requeue the job)
+
+
+def stop(run: Run, signals: StopSignals) -> None:
+    """A signal asked the run to stop, after its checkpoint: say how to go on, and exit (or let submitit
+    requeue the job)."""
+    state, trainer = run.state, run.cfg.trainer
+    where = (f"during the final test (all {state.epoch} epochs are checkpointed)" if state.epoch >= trainer.epochs
+             else f"at epoch {state.epoch + 1}, step {state.step}")
+    again = ("run the same command again" if trainer.resume == "auto" else
+             f"run the same command with trainer.resume=auto (it continues {run.ctx.run_dir})")
+    log.warning("stopped %s by a signal; %s", where, f"the checkpoint is {run.checkpoints.folder / 'last.pt'}: "
+                f"{again} to resume" if trainer.save_checkpoints else
+                "checkpoints are off (trainer.save_checkpoints=false)")
+    signals.stop()
 
 
 def check_ranks_agree(run: Run) -> None:
@@ -360,20 +381,21 @@ def check_ranks_agree(run: Run) -> None:
     log.info("all %d ranks hold identical weights (sha256 %s)", run.dist.world_size, digests[0][:16])
 
 
-def test(run: Run) -> dict:
-    """Score the best checkpoint on the test split (rank 0); log and return the run's summary."""
+def test(run: Run, signals: StopSignals) -> dict | None:
+    """Score the best weights on the test split (rank 0); log and return the run's summary (None if a signal
+    stopped it)."""
     state, cfg = run.state, run.cfg
-    best = run.checkpoints.best_weights(run.device)
-    if best is None and state.best_val_acc is not None:  # resumed from a checkpoint whose best.pt was not beside it
-        raise UserError(f"the best checkpoint (val acc {state.best_val_acc:.4f}) is not in {run.checkpoints.folder}, "
-                        f"so the test cannot score it. Fix: copy the resumed run's best.pt there and run the same "
-                        f"command again.")
+    run.checkpoints.writer.wait()
+    best = state.best_weights
     if best is None:
         raise NonFiniteLoss("no epoch ended with a finite validation loss, so there is no best checkpoint to test. "
                             "Fix: lower optimizer.lr, add warmup (scheduler.warmup_epochs) or "
                             "trainer.grad_clip_norm, in a new run.")
     state.model.load_state_dict(best)
-    test = evaluate(run.eval_model, run.loaders.test, run.device, state.precision, hflip=cfg.trainer.tta_hflip)
+    test = evaluate(run.eval_model, run.loaders.test, run.device, state.precision, hflip=cfg.trainer.tta_hflip,
+                    should_stop=signals.requested)
+    if test is None:
+        return None
     images, total = len(run.loaders.test_split), len(run.data.test)
     log.info("test (best checkpoint, val acc %.4f): loss %.4f acc %.4f on %s", state.best_val_acc, test["loss"],
              test["acc"], f"all {total} images" if images == total else
@@ -403,6 +425,9 @@ def tracked(run: Run, saved: dict | None):
     except SystemExit as e:  # a signal's clean stop
         exit_code = e.code if isinstance(e.code, int) else 1
         raise
+    except UserError:
+        exit_code = 2  # as the command line will exit
+        raise
     finally:
         if exit_code != 0:  # let the last write finish, without masking the error on its way out
             with contextlib.suppress(Exception):
@@ -426,23 +451,27 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         log.info("run dir: %s | device: %s%s | %s", ctx.run_dir, device,
                  f" | rank {dist.rank} of {dist.world_size} ({dist.backend})" if dist.active else "",
                  performance.describe(cfg.trainer))
+        finished = rundir.finished_summary(ctx.run_dir, config) if cfg.trainer.resume == "auto" else None
+        if finished is not None:  # the same command again: nothing to do, nothing touched
+            log.info("this run finished already: test acc %s (%s)", finished.get("test/acc"), ctx.run_dir)
+            return finished
         found = find_resume_point(cfg, ctx, config)
-        if dist.is_main:
+        run = set_up(cfg, ctx, dist, device, config)
+        generator_state = resume(run, *found) if found else None
+        if dist.is_main:  # every check passed: from here on the run dir is this run's
             if found:
                 adopt(ctx, *found)
             rundir.write_record(ctx.run_dir, config, ctx.overrides, ctx.hydra_yaml)
-        run = set_up(cfg, ctx, dist, device, config)
-        generator_state = None
-        if found:
-            generator_state = run.state.load_state_dict(found[0], device, dist)
-            log.info("resuming from %s: %s", found[1], f"epoch {run.state.epoch + 1}, batch "
-                     f"{run.state.progress.batch}, step {run.state.step}" if run.state.epoch < cfg.trainer.epochs
-                     else f"all {run.state.epoch} epochs are done, only the final test runs again")
-        with tracked(run, found and found[0]):
-            fit(run, generator_state)
+        with tracked(run, found and found[0]), StopSignals() as signals:
+            if found:
+                run.checkpoints.export_best(run)  # best.pt of the history this run continues
+            fit(run, generator_state, signals)
             if dist.active:
                 check_ranks_agree(run)
-            return test(run) if dist.is_main else {}
+            summary = test(run, signals) if dist.is_main and not signals.requested() else {}
+            if signals.requested():
+                stop(run, signals)
+            return summary
     finally:
         performance.restore_backend_flags(flags)
         distributed.teardown(dist)

@@ -151,7 +151,7 @@ def test_a_diverging_run_stops_and_every_checkpoint_on_disk_is_finite(tmp_path):
     for path in written:
         weights = load_checkpoint(path)["model"]
         assert all(torch.isfinite(w).all() for w in weights.values()), path
-    assert records(run_dir)[-1] == {"_exit": 1}
+    assert records(run_dir)[-1] == {"_exit": 2}  # the exit code of the command
 
 
 def test_skipping_non_finite_batches_never_tests_a_broken_best_checkpoint(tmp_path):
@@ -287,8 +287,8 @@ def interrupted(root: Path, name: str, overrides: list[str]) -> Path:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.permutations(["optimizer=adam", "model.dropout=0.25", "seed=3", "+experiment=dropout"]))
-def test_resume_auto_matches_the_same_overrides_in_any_order(tmp_path_factory, order):
+@given(st.permutations(["optimizer=adam", "model.dropout=.25", "seed=3", "+experiment=dropout", "seed=3"]))
+def test_resume_auto_matches_the_same_overrides_in_any_order_and_spelling(tmp_path_factory, order):
     root = tmp_path_factory.mktemp("outputs")
     run_dir = interrupted(root, "10-00-00", ["optimizer=adam", "model.dropout=0.25", "seed=3",
                                               "experiment=dropout"])
@@ -401,3 +401,104 @@ def test_a_format_1_checkpoint_still_evaluates_but_does_not_resume(tmp_path):
     with pytest.raises(UserError, match="format-1 checkpoint"):
         train_in(tmp_path / "run", f"trainer.resume={tmp_path / 'old' / 'last.pt'}")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------------------ found by the hostile trial
+
+def test_a_resume_from_an_older_checkpoint_tests_the_best_weights_of_that_history(tmp_path):
+    """last.prev.pt is a step behind best.pt: the run that continues it must score the best weights *it* knows
+    (they travel in every last.pt), never a later best.pt of the history it left behind."""
+    first = tmp_path / "first"
+    train_in(first, "trainer.epochs=3", "model.dropout=0.0", "optimizer.lr=0.003")
+    previous = load_checkpoint(first / "checkpoints" / "last.prev.pt")
+    assert previous["epoch"] == 2
+    rows = [r for r in records(first) if "val/acc" in r]
+    summary = train_in(tmp_path / "second", "trainer.epochs=2", "model.dropout=0.0", "optimizer.lr=0.003",
+                       f"trainer.resume={first / 'checkpoints' / 'last.prev.pt'}")
+    best_of_two = max(r["val/acc"] for r in rows[:2])
+    assert summary["val/best_acc"] == pytest.approx(best_of_two) and summary["epochs"] == 2
+    best = load_checkpoint(tmp_path / "second" / "checkpoints" / "best.pt")
+    assert best["epoch"] <= 2 and best["val_acc"] == pytest.approx(best_of_two)
+    assert all(torch.equal(best["model"][k], previous["best_weights"][k]) for k in best["model"])
+
+
+def test_a_lost_best_pt_is_exported_again_and_the_run_finishes(tmp_path):
+    """A kill between last.pt and best.pt (or a deleted best.pt) no longer leaves a run that cannot finish."""
+    run_dir = tmp_path / "run"
+    train_in(run_dir)
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    summary = train_in(run_dir, "trainer.epochs=2")
+    assert summary["epochs"] == 2 and (run_dir / "checkpoints" / "best.pt").is_file()
+    summary = train_in(run_dir, "trainer.epochs=3", "trainer.save_checkpoints=false")  # may change on resume
+    assert summary["epochs"] == 3
+
+
+def test_a_best_pt_cannot_be_resumed_and_nothing_is_written(tmp_path):
+    train_in(tmp_path / "first")
+    with pytest.raises(UserError, match="holds weights only"):
+        train_in(tmp_path / "second", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'best.pt'}")
+    assert not [p for p in (tmp_path / "second").rglob("*") if p.is_file() and p.name not in ("run.log", ".lock")]
+
+
+def test_fewer_epochs_than_the_checkpoint_trained_are_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    train_in(run_dir, "trainer.epochs=2")
+    before = snapshot(run_dir)
+    with pytest.raises(UserError, match="trainer.epochs>=2"):
+        train_in(run_dir, "trainer.epochs=1")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("extra", [[], ["trainer.save_checkpoints=false"]], ids=["checkpoints", "no-checkpoints"])
+def test_the_same_command_on_a_finished_run_does_nothing(tmp_path, extra):
+    run_dir = tmp_path / "run"
+    first = train_in(run_dir, *extra)
+    before = snapshot(run_dir)
+    assert train_in(run_dir, *extra) == pytest.approx(first)
+    assert snapshot(run_dir) == before  # no second test, no second W&B run, no retraining
+
+
+def test_ctrl_c_during_the_final_test_stops_cleanly_and_the_test_runs_again(tmp_path, monkeypatch, caplog):
+    import signal as signals
+
+    import alexnet.training as training
+
+    real_evaluate = training.evaluate
+
+    def evaluate(*args, should_stop=None, **kwargs):
+        if should_stop is not None:  # the final test: Ctrl-C arrives now
+            os.kill(os.getpid(), signals.SIGINT)
+        return real_evaluate(*args, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="alexnet"), pytest.raises(SystemExit) as stopped:
+        train_in(run_dir)
+    assert stopped.value.code == 130 and records(run_dir)[-1] == {"_exit": 130}
+    assert any("during the final test (all 1 epochs are checkpointed)" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    assert train_in(run_dir)["epochs"] == 1  # the same command scores it
+    rows = records(run_dir)
+    assert sum("_summary" in r for r in rows) == 1 and rows[-1] == {"_exit": 0}
+
+
+def test_the_exit_code_recorded_is_the_commands(tmp_path):
+    """A user error ends the CLI with 2, and metrics.jsonl says 2 (before: 1)."""
+    with pytest.raises(UserError):
+        train_in(tmp_path / "run", "optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=2")
+    assert records(tmp_path / "run")[-1] == {"_exit": 2}
+
+
+def test_a_sweep_run_again_with_one_value_changed_leaves_every_job_as_it_was(tmp_path):
+    from conftest import run_cli
+
+    sweep = ["-m", *SMALL, "model.dropout=0.0,0.25", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert run_cli("run", sweep, tmp_path).returncode == 0
+    jobs = [tmp_path / "sweep" / str(n) for n in (0, 1)]
+    before = [snapshot(job) for job in jobs]
+    again = run_cli("run", [*sweep[:-2], "model.dropout=0.0,0.5", sweep[-1]], tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "1 job(s) of this sweep failed" in again.stderr and "model.dropout: 0.25 in the checkpoint, 0.5 now" \
+        in again.stderr
+    assert [snapshot(job) for job in jobs] == before  # job 0 finished already, job 1 refused: both untouched
+    assert json.loads((tmp_path / "sweep" / "refused" / "1.json").read_text())["job"] == 1

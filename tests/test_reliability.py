@@ -192,7 +192,7 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     kept = load_checkpoint(run_dir / "checkpoints/last.pt")  # verifies its digest
     assert kept["step"] == 12  # the third write: steps 4, 8, 12
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
-    assert records(run_dir)[-1] == {"_exit": 1}
+    assert records(run_dir)[-1] == {"_exit": 2}  # a user error: the exit code of the command
     monkeypatch.setattr(torch, "save", real_save)  # space freed: the same run resumes and finishes
     assert train_here(tmp_path)["steps"] == TOTAL_STEPS
 
