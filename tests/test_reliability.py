@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import signal
@@ -67,11 +68,10 @@ def max_step(run_dir: Path | None) -> int:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """The same run, left alone."""
-    cwd = tmp_path_factory.mktemp("reference")
-    result = run_cli("run", RESUMABLE, cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return only_run_dir(cwd)
+    """The same run, left alone (in this process: the same computation as the CLI's, without its start-up)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    alexnet.train([*RESUMABLE, "wandb.mode=disabled"], run_dir=run_dir)
+    return run_dir
 
 
 def start(cwd: Path) -> subprocess.Popen:
@@ -134,12 +134,17 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one_bit_for_bit(refere
     assert runs[-1].run_id and runs[-1].exit_code == 0
 
 
+def train_here(tmp_path: Path, *overrides: str) -> dict:
+    """The RESUMABLE run in this process (alexnet.train), where the CLI is not the point; W&B off."""
+    return alexnet.train([*RESUMABLE, "wandb.mode=disabled", *overrides], run_dir=tmp_path / "run")
+
+
 @pytest.fixture
 def interrupted(tmp_path) -> Path:
-    """A run stopped by SIGTERM after its second checkpoint: last.pt and last.prev.pt exist."""
-    assert kill_at(start(tmp_path), tmp_path, 10, signal.SIGTERM) == 143
-    run_dir = only_run_dir(tmp_path)
-    assert (run_dir / "checkpoints/last.pt").exists() and (run_dir / "checkpoints/last.prev.pt").exists()
+    """The first epoch of the RESUMABLE run, in this process: last.pt (its end) and last.prev.pt (step 12)."""
+    train_here(tmp_path, "trainer.epochs=1")
+    run_dir = tmp_path / "run"
+    assert load_checkpoint(run_dir / "checkpoints/last.prev.pt")["step"] == 12
     return run_dir
 
 
@@ -148,12 +153,12 @@ def interrupted(tmp_path) -> Path:
     (lambda data: data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:],
      "is corrupt: its content does not match its SHA-256 digest"),  # one flipped byte, which torch misses
 ])
-def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(reference, interrupted, damage, why):
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(reference, interrupted, damage, why, caplog):
     last, previous = interrupted / "checkpoints/last.pt", interrupted / "checkpoints/last.prev.pt"
     last.write_bytes(damage(last.read_bytes()))
-    result = run_cli("run", RESUMABLE, interrupted.parents[2])
-    assert result.returncode == 0, result.stderr[-3000:]
-    warning = next(line for line in result.stdout.splitlines() if "WARNING" in line and "previous" in line)
+    with caplog.at_level(logging.WARNING):
+        train_here(interrupted.parent)  # all 3 epochs: continues from step 12
+    warning = next(r.getMessage() for r in caplog.records if "previous" in r.getMessage())
     assert str(last) in warning and str(previous) in warning and why in warning
     final = final_weights(interrupted)
     assert all(torch.equal(final[k], v) for k, v in final_weights(reference).items())  # still exact
@@ -163,14 +168,9 @@ def test_both_checkpoints_damaged_is_a_clear_error(interrupted):
     for name in ("last.pt", "last.prev.pt"):
         path = interrupted / "checkpoints" / name
         path.write_bytes(path.read_bytes()[:100])
-    result = run_cli("run", RESUMABLE, interrupted.parents[2])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "the previous checkpoint is damaged too" in result.stderr and "trainer.resume=never" in result.stderr
-
-
-def train_here(tmp_path: Path, *overrides: str) -> dict:
-    """The RESUMABLE run in this process (alexnet.train), where the CLI is not the point; W&B off."""
-    return alexnet.train([*RESUMABLE, "wandb.mode=disabled", *overrides], run_dir=tmp_path / "run")
+    with pytest.raises(CheckpointError, match="the previous checkpoint is damaged too") as error:
+        train_here(interrupted.parent)
+    assert "trainer.resume=never" in str(error.value)
 
 
 def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
