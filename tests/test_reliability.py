@@ -130,7 +130,8 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one_bit_for_bit(refere
     # One W&B run, continued by every resume. (A SIGKILL can cut a process's offline record before W&B
     # wrote its run header: metrics.jsonl, not W&B's buffer, is the record that survives a SIGKILL.)
     runs = [read_run(p) for p in offline_runs(run_dir)]
-    assert len(runs) == len(kills) + 1 and len({r.run_id for r in runs if r.run_id}) == 1
+    assert len(runs) == len(kills) + 1 and len({r.run_id for r in runs if r.run_id}) == 1, \
+        (happened, [p.parent.name for p in offline_runs(run_dir)], [r.exit_code for r in runs])
     assert runs[-1].run_id and runs[-1].exit_code == 0
 
 
