@@ -69,6 +69,7 @@ class Tracker:
         self.metrics = open(path, "a")
         self.start = time.time() - runtime
         self.run = None
+        self.resume_id = resume_id  # kept when W&B cannot start: the next process continues that W&B run
         self.mode = resolve_mode(mode)
         if self.mode == "disabled":
             return
@@ -77,6 +78,11 @@ class Tracker:
         if resume_id:
             init.update(id=resume_id, resume="allow")
         self.run, error = self._start(self.mode, init, init_timeout)
+        deadline = time.monotonic() + min(init_timeout, 20.0)
+        while self.run is None and resume_id and "in use" in (error or "") and time.monotonic() < deadline:
+            # A process killed moments ago (SIGKILL) leaves W&B's service holding the run for a few seconds
+            time.sleep(1.0)
+            self.run, error = self._start(self.mode, init, init_timeout)
         if self.run is None and self.mode == "online":  # keep it as an offline run that can be synced later
             self.mode = "offline"
             self.run, offline_error = self._start(self.mode, init, init_timeout)
@@ -205,7 +211,7 @@ class Tracker:
 
     @property
     def run_id(self) -> str | None:
-        return self.run.id if self.run is not None else None
+        return self.run.id if self.run is not None else self.resume_id
 
     def finish(self, exit_code: int = 0) -> None:
         """Always called, also on errors: the last line of metrics.jsonl says how the run ended."""
