@@ -84,3 +84,30 @@ def test_unreachable_server_keeps_the_run_offline_within_bounded_time(cli, tmp_p
     run = read_run(path)
     assert run.exit_code == 0 and "test/acc" in run.summary and any("train/loss" in h for h in run.history)
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]) == {"_exit": 0}
+
+
+def test_a_resume_waits_for_a_killed_process_to_release_its_wandb_run(tmp_path, monkeypatch):
+    """After a SIGKILL, W&B's service holds the run a few seconds ('run ID ... is in use'): the resumed process
+    retries instead of dropping W&B; and if W&B cannot start at all, its checkpoints keep the run id, so the next
+    process continues the same W&B run rather than starting a second one."""
+    import types
+
+    from alexnet.tracking import Tracker
+
+    attempts = []
+
+    def start(mode, init, timeout):
+        attempts.append(init["id"])
+        if len(attempts) < 3:
+            return None, "ServerResponseError: run ID abc is in use"
+        return types.SimpleNamespace(id=init["id"], dir=str(tmp_path / "wandb" / "offline-run-x-abc" / "files"),
+                                     define_metric=lambda *a, **k: None), None
+
+    monkeypatch.setattr(Tracker, "_start", staticmethod(start))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    tracker = Tracker(tmp_path, {}, "offline", "p", resume_id="abc")
+    assert attempts == ["abc"] * 3 and tracker.run_id == "abc" and tracker.run is not None
+    monkeypatch.setattr(Tracker, "_start", staticmethod(lambda mode, init, timeout: (None, "ImportError: boom")))
+    (tmp_path / "b").mkdir()
+    broken = Tracker(tmp_path / "b", {}, "offline", "p", resume_id="abc")
+    assert broken.run is None and broken.mode == "disabled" and broken.run_id == "abc"
