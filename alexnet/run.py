@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -112,6 +113,10 @@ def hydra_main(dict_cfg: DictConfig) -> float:
 
 def main() -> None:
     sys.argv[1:] = normalize_argv(sys.argv[1:])
+    # W&B advertises its service process to child processes (WANDB_SERVICE). A run started from a process that
+    # ran W&B itself (a notebook that called alexnet.train) would share that service, where a SIGKILLed run's
+    # stream stays open: its resume then finds "run ID ... is in use". Each run keeps its own service.
+    os.environ.pop("WANDB_SERVICE", None)
     hydra_main()
 
 

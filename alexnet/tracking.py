@@ -78,11 +78,6 @@ class Tracker:
         if resume_id:
             init.update(id=resume_id, resume="allow")
         self.run, error = self._start(self.mode, init, init_timeout)
-        deadline = time.monotonic() + min(init_timeout, 20.0)
-        while self.run is None and resume_id and "in use" in (error or "") and time.monotonic() < deadline:
-            # A process killed moments ago (SIGKILL) leaves W&B's service holding the run for a few seconds
-            time.sleep(1.0)
-            self.run, error = self._start(self.mode, init, init_timeout)
         if self.run is None and self.mode == "online":  # keep it as an offline run that can be synced later
             self.mode = "offline"
             self.run, offline_error = self._start(self.mode, init, init_timeout)

@@ -86,28 +86,24 @@ def test_unreachable_server_keeps_the_run_offline_within_bounded_time(cli, tmp_p
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]) == {"_exit": 0}
 
 
-def test_a_resume_waits_for_a_killed_process_to_release_its_wandb_run(tmp_path, monkeypatch):
-    """After a SIGKILL, W&B's service holds the run a few seconds ('run ID ... is in use'): the resumed process
-    retries instead of dropping W&B; and if W&B cannot start at all, its checkpoints keep the run id, so the next
-    process continues the same W&B run rather than starting a second one."""
-    import types
-
+def test_a_process_that_cannot_start_wandb_keeps_the_run_id_for_the_next(tmp_path, monkeypatch):
+    """If W&B cannot start in a resumed process, its checkpoints keep the W&B run id, so the next process
+    continues the same W&B run rather than starting a second one (before: the id was lost, the run split)."""
     from alexnet.tracking import Tracker
 
-    attempts = []
-
-    def start(mode, init, timeout):
-        attempts.append(init["id"])
-        if len(attempts) < 3:
-            return None, "ServerResponseError: run ID abc is in use"
-        return types.SimpleNamespace(id=init["id"], dir=str(tmp_path / "wandb" / "offline-run-x-abc" / "files"),
-                                     define_metric=lambda *a, **k: None), None
-
-    monkeypatch.setattr(Tracker, "_start", staticmethod(start))
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    tracker = Tracker(tmp_path, {}, "offline", "p", resume_id="abc")
-    assert attempts == ["abc"] * 3 and tracker.run_id == "abc" and tracker.run is not None
-    monkeypatch.setattr(Tracker, "_start", staticmethod(lambda mode, init, timeout: (None, "ImportError: boom")))
-    (tmp_path / "b").mkdir()
-    broken = Tracker(tmp_path / "b", {}, "offline", "p", resume_id="abc")
+    monkeypatch.setattr(Tracker, "_start", staticmethod(lambda mode, init, timeout: (
+        None, "ServerResponseError: run ID abc is in use")))
+    broken = Tracker(tmp_path, {}, "offline", "p", resume_id="abc")
     assert broken.run is None and broken.mode == "disabled" and broken.run_id == "abc"
+
+
+def test_a_cli_run_does_not_share_its_parents_wandb_service(cli):
+    """A parent that ran W&B in-process advertises its service in WANDB_SERVICE; a CLI run uses its own (with
+    the parent's, a SIGKILL left the run's stream 'in use' there, and its resume lost W&B). A token of a service
+    that is gone shows it: inherited, W&B could not start at all."""
+    result = cli(*TINY, "debug=smoke", "data.train_size=300", "data.val_size=50", "data.test_size=50",
+                 WANDB_SERVICE="3-1-tcp-localhost-1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W&B could not start" not in result.stdout + result.stderr
+    (run_dir,) = {p.parent for p in cli.cwd.glob("outputs/*/*/metrics.jsonl")}
+    assert len(offline_runs(run_dir)) == 1
