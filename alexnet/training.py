@@ -134,7 +134,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # set both ways: in-process runs follow
+        torch.use_deterministic_algorithms(deterministic)  # each other; the call costs 2 s (it loads Inductor)
 
 
 def scored_test_split(split: Split, limit: int | None, seed: int) -> Split:
