@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from alexnet import rundir
 from alexnet.config import ConfigError, compose, normalize_argv, to_typed
+from alexnet.overrides import check
 
 
 @contextlib.contextmanager
@@ -52,7 +53,8 @@ def train(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | Non
     overrides = normalize_argv(list(overrides))
     try:
         dict_cfg = compose(overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:  # the CLI's exit_on_user_error says the same
+    except (HydraException, OmegaConfBaseException) as e:  # a mistyped key, option or value
+        check(overrides)  # raises ConfigError with the CLI's message, naming the override
         raise ConfigError(str(e)) from e
     hydra_node = dict_cfg.hydra
     with open_dict(dict_cfg):

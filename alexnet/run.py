@@ -117,6 +117,10 @@ def main() -> None:
     # ran W&B itself (a notebook that called alexnet.train) would share that service, where a SIGKILLed run's
     # stream stays open: its resume then finds "run ID ... is in use". Each run keeps its own service.
     os.environ.pop("WANDB_SERVICE", None)
+    with exit_on_user_error():  # a mistyped key, option or value: our one-line error, before Hydra's report
+        from alexnet.overrides import check
+
+        check(sys.argv[1:])
     hydra_main()
 
 

@@ -135,16 +135,22 @@ def junk_cifar(cwd: Path) -> None:
 IMAGEFOLDER = ["data=imagefolder", "data.root=ds", "data.val_size=3"]
 ERRORS = [  # (overrides, what the message must say, set-up of files in the working directory)
     (["model.dropout=1.5"], "model.dropout=1.5 is not allowed: a float in [0, 1)", None),
-    (["model.dropuot=0.3"], "Key 'dropuot' not in 'ModelConfig'", None),
+    (["model.dropuot=0.3"], "unknown config key 'model.dropuot'. Did you mean 'model.dropout'?", None),
+    (["modle.dropout=0.3"], "unknown config key 'modle.dropout'. Did you mean 'model.dropout'?", None),
+    (["seed=abc"], "seed=abc is not allowed: an integer", None),
+    (["+experiment=dropot"], "experiment=dropot is not an option of `experiment`, which has: dropout,", None),
+    (["-m", "model.dropout=0.0,abc"], "model.dropout=abc is not allowed: a number", None),
+    (["-m", "model.dropout=0.0,0.5", "--cfg", "job"], "-m and --cfg do not go together", None),
+    (["model.dropout=[1"], "Fix the override's syntax", None),
     (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'", None),
-    (["model.input_size=big"], "Value 'big' of type 'str' could not be converted to Integer", None),
-    (["model=resnet"], "Could not find 'model/resnet'", None),
-    (["optimizer=rmsprop"], "Available options in 'optimizer'", None),
+    (["model.input_size=big"], "model.input_size=big is not allowed: an integer", None),
+    (["model=resnet"], "model=resnet is not an option of `model`, which has: alexnet, alexnet_cifar.", None),
+    (["optimizer=rmsprop"], "optimizer=rmsprop is not an option of `optimizer`, which has: adam, adamw, sgd.", None),
     (["model.input_size=32"], "alexnet needs inputs of at least 67x67; use model.input_size>=67", None),
     (["model=alexnet_cifar", "model.input_size=8"], "alexnet_cifar needs inputs of at least 15x15", None),
-    (["trainer.device=gpu"], "Invalid value 'gpu', expected one of [auto, cpu, cuda]", None),
-    (["trainer.precision=fp8"], "expected one of [auto, fp32, bf16, fp16]", None),
-    (["trainer.on_nonfinite=ignore"], "expected one of [stop, skip]", None),
+    (["trainer.device=gpu"], "trainer.device=gpu is not allowed: one of auto, cpu, cuda.", None),
+    (["trainer.precision=fp8"], "trainer.precision=fp8 is not allowed: one of auto, fp32, bf16, fp16.", None),
+    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite=ignore is not allowed: one of stop, skip.", None),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a positive, finite learning rate", None),
     (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a float in [0, 1)", None),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1", None),
@@ -180,7 +186,7 @@ def test_user_errors_exit_cleanly(cli, overrides, message, setup):
     earlier.mkdir(parents=True)
     (earlier / "metrics.jsonl").write_text("{}\n")
     result = cli(*overrides, "trainer.device=cpu", "wandb.mode=offline")
-    assert result.returncode != 0
+    assert result.returncode == 2
     output = result.stdout + result.stderr
     assert message in output
     assert "Traceback" not in output

@@ -502,3 +502,12 @@ def test_a_sweep_run_again_with_one_value_changed_leaves_every_job_as_it_was(tmp
         in again.stderr
     assert [snapshot(job) for job in jobs] == before  # job 0 finished already, job 1 refused: both untouched
     assert json.loads((tmp_path / "sweep" / "refused" / "1.json").read_text())["job"] == 1
+
+
+def test_the_api_raises_the_clis_message_for_a_mistyped_override_and_makes_no_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"unknown config key 'modle.dropout'. Did you mean 'model.dropout'\?"):
+        alexnet.train(["modle.dropout=0.1"])
+    with pytest.raises(UserError, match="optimizer.lr=-1.0 is not allowed"):
+        alexnet.train(["data=synthetic", "optimizer.lr=-1"])
+    assert not (tmp_path / "outputs").exists() and not rundir._HELD  # no run dir made, no lock held

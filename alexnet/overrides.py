@@ -1,0 +1,130 @@
+"""The command line's overrides, checked before Hydra runs anything: a mistyped key, option or value ends in the
+contract (one `error:` naming it, with the closest name where one is close, exit 2), not Hydra's multi-line report
+with exit 1, whose `+key=value` hint would lead into our unknown-key error.
+
+Each job of a multirun is checked too: every value of a sweep (`model.dropout=0.0,abc`), before any job starts.
+"""
+from __future__ import annotations
+
+import difflib
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from alexnet.config import ConfigError, compose
+
+# Hydra flags after which the next argument is the flag's value, not an override
+VALUED_FLAGS = {"--cfg", "-c", "--package", "-p"}
+# Hydra flags that do not run the app (or run it from another config): Hydra's own business
+HYDRA_ONLY = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i",
+              "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def closest(name: str, candidates) -> str:
+    """` Did you mean 'x'?` for the closest candidate, or nothing when none is close."""
+    match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.75)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def keys_of(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node.keys():
+        value = node._get_node(key)
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, DictConfig):
+            keys += keys_of(node[key], f"{prefix}{key}.")
+    return keys
+
+
+def explain(error: Exception, override: str, known: list[str]) -> str:
+    """Our message for a Hydra or OmegaConf composition error caused by `override`."""
+    key, _, value = override.lstrip("+~").partition("=")
+    if isinstance(error, MissingConfigException) and error.options:
+        group = (error.missing_cfg_file or key).rsplit("/", 1)[0]
+        choice = (error.missing_cfg_file or "").rsplit("/", 1)[-1]
+        return (f"{group}={choice} is not an option of `{group}`, which has: {', '.join(error.options)}."
+                f"{closest(choice, error.options)} Fix: {group}=<one of them>.")
+    cause = error.__cause__
+    if "Could not override" in str(error) or "Could not append" in str(error):
+        return (f"unknown config key '{key}'.{closest(key, known)} Fix the spelling "
+                f"(`python -m alexnet.run --cfg job` prints every key).")
+    detail = str(cause or error).splitlines()[0]
+    if "expected one of" in detail:  # an enum: "Invalid value 'fp8', expected one of [auto, fp32, ...]"
+        allowed = "one of " + detail.split("expected one of", 1)[1].strip(" []")
+    elif "could not be converted to" in detail:  # "Value 'abc' of type 'str' could not be converted to Integer"
+        kind = detail.rsplit("converted to", 1)[1].strip()
+        allowed = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(kind, f"a {kind}")
+    else:
+        allowed = detail
+    return f"{key}={value} is not allowed: {allowed}. Fix the override `{key}=...`."
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], bool] | None:
+    """(the overrides, multirun?), or None when Hydra only prints something (--help, --info, ...)."""
+    overrides, multirun, skip = [], False, False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.split("=", 1)[0] in HYDRA_ONLY:
+            return None
+        elif arg in ("-m", "--multirun"):
+            multirun = True
+            if any(a.split("=", 1)[0] in ("--cfg", "-c") for a in argv):
+                raise ConfigError("-m and --cfg do not go together: a multirun runs many configs, --cfg prints "
+                                  "one. Fix: drop -m (and give one value per key) to print a job's config.")
+        elif arg in VALUED_FLAGS:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun
+
+
+def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists to check: the run's, or one per value of each discrete sweep (not every
+    combination: each value is checked once, with the other overrides' first values)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"{str(e).splitlines()[0]}. Fix the override's syntax (`key=value`).") from e
+    if not multirun:
+        return [overrides]
+    first, alternatives = [], []
+    for o in parsed:
+        if o.is_sweep_override() and o.is_discrete_sweep():
+            values = list(o.sweep_string_iterator())
+            first.append(f"{o.get_key_element()}={values[0]}")
+            alternatives += [(len(first) - 1, f"{o.get_key_element()}={v}") for v in values[1:]]
+        elif o.is_sweep_override():  # a range for a search (Optuna's interval): its sweeper checks it
+            continue
+        else:
+            first.append(o.input_line)
+    checks = [first]
+    for index, replacement in alternatives:
+        checks.append(first[:index] + [replacement] + first[index + 1:])
+    return checks
+
+
+def check(argv: list[str]) -> None:
+    """Compose every job the command line asks for; raise ConfigError (our contract) at the first that fails."""
+    split = split_argv(argv)
+    if split is None:
+        return
+    known = None
+    for overrides in jobs(*split):
+        try:
+            compose(overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            if known is None:
+                known = keys_of(compose([])) + ["experiment", "debug"]
+            culprit = next((o for o in overrides if _names(o, e)), overrides[-1] if overrides else "")
+            raise ConfigError(explain(e, culprit, known)) from e
+
+
+def _names(override: str, error: Exception) -> bool:
+    """Whether `error` is about `override` (Hydra quotes the override, its key or its group/option)."""
+    key, _, value = override.lstrip("+~").partition("=")
+    text = f"{error} {getattr(error, 'missing_cfg_file', '') or ''}"
+    return override in text or f"'{key}'" in text or f"{key}/{value}" in text or f"override {key}=" in text
+
