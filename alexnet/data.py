@@ -77,12 +77,13 @@ def _list_images(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} is not a directory. Fix: data.root must hold train/<class>/* and "
                         f"test/<class>/* image files (e.g. `tar xzf cifar10-jpeg.tar.gz -C DIR`, then data.root=DIR).")
-    class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir())
+    # hidden folders (.ipynb_checkpoints, .DS_Store's kin) are not classes
+    class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{split_dir} has no class folders. Fix: lay images out as {split_dir}/<class>/<image>.")
     files = []
     for d in class_dirs:
-        images = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
         if not images:
             raise DataError(f"class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
                             f"Fix: add its images or remove the folder.")

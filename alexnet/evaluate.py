@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet.checkpoint import load_checkpoint
+from alexnet.checkpoint import CheckpointError, load_checkpoint
 from alexnet.config import CONF_DIR, GROUP_SCHEMAS, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
 from alexnet.data import Loader, load_dataset
 from alexnet import performance
@@ -29,12 +29,19 @@ log = logging.getLogger("alexnet")
 
 
 def read_checkpoint(path: str) -> dict:
+    if Path(path).is_dir():
+        inside = sorted(str(p) for p in Path(path).glob("**/checkpoints/*.pt"))[:3]
+        raise ConfigError(f"ckpt={path} is a directory. Fix: pass a checkpoint file"
+                          f"{', e.g. ckpt=' + inside[0] if inside else ', e.g. ckpt=<run dir>/checkpoints/best.pt'}.")
     if not Path(path).is_file():
         raise ConfigError(f"ckpt={path} does not exist. Fix: pass a checkpoint file, e.g. "
                           f"ckpt=outputs/<date>/<time>/checkpoints/best.pt")
     try:
         ckpt = upgrade(load_checkpoint(Path(path)))
         ckpt["config"]["model"], ckpt["model"]  # noqa: B018 - the keys evaluation needs
+    except CheckpointError as e:  # truncated, or a damaged byte: say so, not "not a checkpoint"
+        raise CheckpointError(f"{e}. Fix: evaluate another checkpoint of the run (best.pt, last.pt, "
+                              f"last.prev.pt).") from e
     except Exception as e:
         raise UserError(f"ckpt={path} is not a checkpoint written by alexnet.run ({type(e).__name__}: {e}). "
                         f"Fix: pass checkpoints/best.pt or checkpoints/last.pt of a training run.") from e
@@ -61,6 +68,9 @@ def checkpoint_config(dict_cfg: DictConfig, trained: dict, overrides: list[str])
 
 
 def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
+    if OmegaConf.is_missing(dict_cfg, "ckpt"):
+        raise ConfigError("no checkpoint to score. Fix: pass ckpt=PATH, e.g. "
+                          "ckpt=outputs/<date>/<time>/checkpoints/best.pt")
     ckpt = read_checkpoint(dict_cfg.ckpt)
     trained_run = ckpt.get("run", {})
     overrides = list(HydraConfig.get().overrides.task)
@@ -75,9 +85,9 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))
 
     data = load_dataset(cfg.data)
-    if len(data.classes) != len(ckpt["classes"]):
-        raise UserError(f"the checkpoint has {len(ckpt['classes'])} classes but data={cfg.data.name} has "
-                        f"{len(data.classes)}. Fix: evaluate on a data set with the checkpoint's classes.")
+    if data.classes != ckpt["classes"]:  # the same names in the same order: else the scores mean nothing
+        raise UserError(f"the checkpoint was trained on classes {ckpt['classes']} but data={cfg.data.name} has "
+                        f"{data.classes}. Fix: evaluate on a data set with the checkpoint's classes.")
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
     model.load_state_dict(ckpt["model"])
     model = performance.maybe_compile(performance.set_memory_format(model, cfg.trainer), cfg.trainer)

@@ -142,6 +142,15 @@ def test_imagefolder_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert torch.equal(again.test.images, ds.test.images)
 
 
+def test_hidden_folders_are_not_classes(tmp_path):
+    """A notebook's .ipynb_checkpoints (or any hidden folder or file) in the tree is not a class or an image."""
+    root = make_imagefolder(tmp_path / "ds")
+    for split in ("train", "test"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+        (root / split / "cat" / "._0000.png").write_bytes(b"macOS metadata, not an image")
+    assert load_dataset(imagefolder_cfg(root, tmp_path)).classes == ["cat", "dog", "frog"]
+
+
 def test_imagefolder_resizes_to_image_size(tmp_path):
     root = make_imagefolder(tmp_path / "ds", size=40)
     ds = load_dataset(imagefolder_cfg(root, tmp_path))

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet.report import build_wandb_report
 from conftest import TINY, run_cli
@@ -186,13 +187,27 @@ def test_evaluate_with_changed_data(sweep, tmp_path):
     assert "model overrides are ignored" in result.stdout
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.write_bytes(b"not a checkpoint"), "is not a checkpoint written by alexnet.run"),
+def flipped_byte_checkpoint(path):
+    from alexnet.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"model": {"w": torch.arange(1000.0)}, "config": {"model": {}}})
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor's bytes: torch.load still reads it
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("make,ckpt,message", [
+    (lambda p: None, "bad.pt", "does not exist"),
+    (lambda p: p.write_bytes(b"not a checkpoint"), "bad.pt", "is unreadable (truncated or not a checkpoint"),
+    (lambda p: p.parent.joinpath("run", "checkpoints").mkdir(parents=True), ".",
+     "is a directory. Fix: pass a checkpoint file, e.g. ckpt=<run dir>/checkpoints/best.pt"),
+    (flipped_byte_checkpoint, "bad.pt", "is corrupt: its content does not match its SHA-256 digest"),
+    (lambda p: None, None, "no checkpoint to score. Fix: pass ckpt=PATH"),
 ])
-def test_evaluate_errors(tmp_path, make, message):
+def test_evaluate_errors(tmp_path, make, ckpt, message):
     make(tmp_path / "bad.pt")
-    result = run_cli("evaluate", [f"ckpt={tmp_path / 'bad.pt'}", "wandb.mode=disabled"], tmp_path)
+    args = [f"ckpt={tmp_path / ckpt}"] if ckpt else []
+    result = run_cli("evaluate", [*args, "wandb.mode=disabled"], tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
