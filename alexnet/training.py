@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,6 +442,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
     dist, device = distributed.setup(cfg.trainer.strategy.value, resolve_device(cfg.trainer.device.value))
     config = to_dict(cfg)  # as given, `auto` switches unresolved: the record, and what a resume compares
     cfg.trainer = performance.resolve(cfg.trainer, device)  # auto switches -> what they mean on this device
+    scratch = ctx.run_dir if dist.rank > 0 else None  # Hydra's dir of a rank > 0 (rundir.choose_run_dir)
     ctx.run_dir = Path(dist.broadcast(str(ctx.run_dir)))  # rank 0's: one run dir
     flags = performance.backend_flags()
     try:
@@ -477,3 +479,5 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         performance.restore_backend_flags(flags)
         distributed.teardown(dist)
         rundir.unlock(ctx.run_dir)
+        if scratch is not None and scratch != ctx.run_dir and scratch.name.startswith("alexnet-rank"):
+            shutil.rmtree(scratch, ignore_errors=True)  # only Hydra's log of this rank: rank 0 logs the run
