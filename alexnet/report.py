@@ -30,7 +30,7 @@ class ReportError(Exception):
 class RunRecord:
     name: str
     config: dict  # flattened: {"model.dropout": 0.5, ...}
-    status: str  # finished | failed | unfinished
+    status: str  # finished | failed | unfinished | unreadable ...: why
     summary: dict = field(default_factory=dict)
     epochs: list = field(default_factory=list)  # one dict per epoch: epoch, val/acc, train/images_per_sec, ...
     runtime: float | None = None  # seconds
@@ -66,7 +66,11 @@ def load_local_runs(paths: list[Path]) -> list[RunRecord]:
 def load_local_run(run_dir: Path) -> RunRecord:
     from omegaconf import OmegaConf
 
-    config = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True))
+    try:
+        config = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True))
+    except Exception as e:  # one damaged record leaves that run out (and says so), not the whole report
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return RunRecord(name=str(run_dir), config={}, status=f"unreadable .hydra/config.yaml: {reason}")
     record = RunRecord(name=str(run_dir), config=config, status="unfinished")
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
@@ -330,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             raise ReportError(f"no runs found in {where}. Fix: pass a multirun dir (multirun/<date>/<time>) or run "
                               f"dirs; a run dir holds .hydra/config.yaml and metrics.jsonl.")
-        result = write_report(runs, out, f"Comparison of {where}")
+        try:
+            result = write_report(runs, out, f"Comparison of {where}")
+        except OSError as e:
+            raise ReportError(f"cannot write the report to {out}: {e.strerror or e}. Fix: --out DIR, a folder you "
+                              f"can write to.") from e
         for note in result["notes"]:
             print(f"note: {note}", file=sys.stderr)
         header, body = table(result["rows"], result["keys"])

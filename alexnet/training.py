@@ -367,8 +367,12 @@ def stop(run: Run, signals: StopSignals) -> None:
     state, trainer = run.state, run.cfg.trainer
     where = (f"during the final test (all {state.epoch} epochs are checkpointed)" if state.epoch >= trainer.epochs
              else f"at epoch {state.epoch + 1}, step {state.step}")
-    again = ("run the same command again" if trainer.resume == "auto" else
-             f"run the same command with trainer.resume=auto (it continues {run.ctx.run_dir})")
+    if run.ctx.sweep_dir:  # a new invocation would start a new sweep dir: name the old one
+        again = f"run the same command with hydra.sweep.dir={run.ctx.sweep_dir}"
+    elif trainer.resume == "auto":
+        again = "run the same command again"
+    else:
+        again = f"run the same command with trainer.resume=auto (it continues {run.ctx.run_dir})"
     log.warning("stopped %s by a signal; %s", where, f"the checkpoint is {run.checkpoints.folder / 'last.pt'}: "
                 f"{again} to resume" if trainer.save_checkpoints else
                 "checkpoints are off (trainer.save_checkpoints=false)")

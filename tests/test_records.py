@@ -511,3 +511,39 @@ def test_the_api_raises_the_clis_message_for_a_mistyped_override_and_makes_no_ru
     with pytest.raises(UserError, match="optimizer.lr=-1.0 is not allowed"):
         alexnet.train(["data=synthetic", "optimizer.lr=-1"])
     assert not (tmp_path / "outputs").exists() and not rundir._HELD  # no run dir made, no lock held
+
+
+def test_a_report_leaves_out_a_damaged_run_and_says_why(tmp_path, capsys):
+    """One unparsable .hydra/config.yaml leaves that run out, named, instead of crashing the whole report; an
+    unwritable --out is the contract (exit 2, one line)."""
+    from alexnet.report import main as report
+
+    train_in(tmp_path / "runs" / "good")
+    damaged = tmp_path / "runs" / "damaged" / ".hydra"
+    damaged.mkdir(parents=True)
+    (damaged / "config.yaml").write_text("model: [unclosed\n")
+    assert report([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    assert "damaged (unreadable .hydra/config.yaml" in capsys.readouterr().err
+    assert (tmp_path / "report" / "report.md").is_file()
+    (tmp_path / "a-file").write_text("")
+    assert report([str(tmp_path / "runs"), "--out", str(tmp_path / "a-file")]) == 2
+    assert "error: cannot write the report to" in capsys.readouterr().err
+
+
+def test_a_stopped_sweep_job_names_the_sweep_dir_to_resume_with(caplog):
+    """`run the same command again` would start a new sweep dir; the message gives the command that resumes."""
+    import types
+
+    from alexnet.training import RunContext, stop
+
+    class Signals:
+        def stop(self):
+            raise SystemExit(130)
+
+    run = types.SimpleNamespace(
+        state=types.SimpleNamespace(epoch=0, step=7), cfg=to_typed(compose(SMALL)),
+        ctx=RunContext(Path("multirun/d/t/0"), sweep_dir="multirun/d/t"),
+        checkpoints=types.SimpleNamespace(folder=Path("multirun/d/t/0/checkpoints")))
+    with caplog.at_level(logging.WARNING, logger="alexnet"), pytest.raises(SystemExit):
+        stop(run, Signals())
+    assert "run the same command with hydra.sweep.dir=multirun/d/t to resume" in caplog.records[-1].getMessage()
