@@ -50,27 +50,47 @@ class Dataset:
 
 # ---------------------------------------------------------------------------------------------- sources
 
+def _corrupt_cifar_archive(root: str) -> str | None:
+    """A message if data.root holds cifar-10-python.tar.gz but not the real one (its md5 differs)."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    archive = Path(root) / CIFAR10.filename
+    if archive.is_file() and not check_integrity(str(archive), CIFAR10.tgz_md5):
+        return (f"{archive} is there but corrupt (its md5 is not CIFAR-10's {CIFAR10.tgz_md5}: a download cut "
+                f"short?). Fix: replace it with a good copy (or delete it and pass data.download=true), or train on "
+                f"another source: data=imagefolder data.root=DIR, or data=synthetic.")
+    return None
+
+
 def _cifar10(cfg) -> tuple[Split, Split, list[str]]:
     import torchvision
 
     def load(train: bool):
         try:
             ds = torchvision.datasets.CIFAR10(cfg.root, train=train, download=cfg.download)
-        except RuntimeError as e:  # not there (download off) or failed torchvision's integrity check
+        except (RuntimeError, OSError) as e:
+            if corrupt := _corrupt_cifar_archive(cfg.root):
+                raise DataError(corrupt) from e
+            if isinstance(e, OSError):
+                raise _download_failed(cfg, e) from e
+            # not there (download off) or failed torchvision's integrity check
             raise DataError(
                 f"CIFAR-10 not found or corrupted in data.root={cfg.root} ({e}). Fix: pass data.download=true "
                 f"to fetch it, put cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ there, or train "
                 f"on another source: data=imagefolder data.root=DIR, or data=synthetic.") from e
-        except OSError as e:  # no network, refused, disk full
-            raise DataError(
-                f"could not download CIFAR-10 into data.root={cfg.root}: {e}. Fix: on a machine without "
-                f"internet, copy cifar-10-python.tar.gz into {cfg.root}, or use a local copy laid out as "
-                f"train/<class>/ and test/<class>/ with data=imagefolder data.root=DIR, or data=synthetic.") from e
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # N x 32 x 32 x 3 -> N x 3 x 32 x 32
         return Split(images, torch.tensor(ds.targets, dtype=torch.int64)), list(ds.classes)
 
     (train, classes), (test, _) = load(True), load(False)
     return train, test, classes
+
+
+def _download_failed(cfg, e: OSError) -> DataError:  # no network, refused, disk full
+    return DataError(
+        f"could not download CIFAR-10 into data.root={cfg.root}: {e}. Fix: on a machine without "
+        f"internet, copy cifar-10-python.tar.gz into {cfg.root}, or use a local copy laid out as "
+        f"train/<class>/ and test/<class>/ with data=imagefolder data.root=DIR, or data=synthetic.")
 
 
 def _list_images(split_dir: Path) -> tuple[list[str], list[list[Path]]]:

@@ -219,3 +219,18 @@ def test_batches_made_in_bf16_and_resized_last_stay_within_bf16_rounding(size):
     assert bf16.is_contiguous(memory_format=torch.channels_last)
     error = (bf16.float() - fp32).abs().max() / fp32.abs().max()
     assert 0 < error < 2**-7, error  # bf16 keeps 8 significant bits
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_a_corrupt_cifar_archive_is_called_corrupt(tmp_path, monkeypatch, download):
+    """Before: 'copy cifar-10-python.tar.gz into data.root', while a damaged one was there already."""
+    import torchvision.datasets.utils as tv_utils
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network here")
+
+    monkeypatch.setattr(tv_utils, "download_url", no_network)  # so the test never downloads, online or not
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"the first bytes of a download cut short")
+    cfg = to_typed(compose(["data=cifar10", f"data.root={tmp_path}", f"data.download={str(download).lower()}"]))
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz is there but corrupt"):
+        load_dataset(cfg.data)
