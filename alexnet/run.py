@@ -83,6 +83,19 @@ def run_context():
                       hydra_yaml=OmegaConf.to_yaml(hydra_cfg), notes=notes)
 
 
+def absolute_paths(dict_cfg: DictConfig) -> None:
+    """With hydra.job.chdir=true the job runs in its run dir: paths typed relative to where the command ran are
+    made absolute first (and recorded so), or they would point into the run dir."""
+    if not HydraConfig.get().job.chdir:
+        return
+    from hydra.utils import to_absolute_path
+
+    for key in ("data.root", "data.cache_dir", "trainer.resume"):
+        value = OmegaConf.select(dict_cfg, key)
+        if isinstance(value, str) and value not in ("auto", "never") and not os.path.isabs(value):
+            OmegaConf.update(dict_cfg, key, to_absolute_path(value))
+
+
 def objective(summary: dict) -> float:
     """What an Optuna sweep maximises: the best validation accuracy (never the test split's)."""
     return summary.get("val/best_acc", float("nan"))
@@ -92,12 +105,14 @@ def objective(summary: dict) -> float:
 def hydra_main(dict_cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with exit_on_user_error():
+            absolute_paths(dict_cfg)
             cfg = to_typed(dict_cfg)  # every config check, before torch is imported
             from alexnet.training import train
 
             return objective(train(cfg, run_context()))
     # In a sweep a failed job is recorded and the others go on, unless fail_fast is set.
     try:
+        absolute_paths(dict_cfg)
         cfg = to_typed(dict_cfg)
         from alexnet.training import train
 

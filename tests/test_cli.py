@@ -205,3 +205,15 @@ def test_cuda_requested_without_cuda(cli):
 def test_full_error_shows_the_traceback(cli):
     result = cli("model.dropout=1.5", HYDRA_FULL_ERROR="1")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_relative_paths_still_work_when_hydra_changes_into_the_run_dir(cli):
+    """hydra.job.chdir=true runs the job in its run dir: a relative data.root that exists was 'missing'."""
+    from test_data import make_imagefolder
+
+    make_imagefolder(cli.cwd / "ds", per_class=8)
+    result = cli(*TINY, "data=imagefolder", "data.root=ds", "data.val_size=3", "data.batch_size=4", "debug=smoke",
+                 "wandb.mode=disabled", "hydra.job.chdir=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (config,) = cli.cwd.glob("outputs/*/*/.hydra/config.yaml")
+    assert f"root: {cli.cwd / 'ds'}" in config.read_text()  # recorded as what was read
