@@ -73,3 +73,29 @@ def min_input_size(spec: ArchSpec) -> int:
     while feature_map_size(spec, size) < 1:
         size += 1
     return size
+
+
+def scaled(channels: int, width: float) -> int:
+    """A layer's channels at `model.width` (at least one)."""
+    return max(1, round(channels * width))
+
+
+def training_bytes(spec: ArchSpec, input_size: int, width: float, num_classes: int, batch_size: int,
+                   input_channels: int = 3, optimizer_states: int = 1) -> tuple[int, int]:
+    """(parameters, about the bytes a training step takes): fp32 weights, gradients, `optimizer_states` copies
+    (SGD's momentum: 1, Adam's moments: 2) and the best weights, plus each layer's output for one batch, kept for
+    the backward pass. Arithmetic on the specs, as `models.build_model` builds them: nothing is allocated."""
+    params, outputs, side, channels = 0, 0, input_size, input_channels
+    for conv in spec.convs:
+        out = scaled(conv.channels, width)
+        params += conv.kernel * conv.kernel * channels * out + out
+        side = (side + 2 * conv.padding - conv.kernel) // conv.stride + 1
+        outputs += 2 * out * side * side  # the conv's output and what the next layer keeps (ReLU, LRN)
+        if conv.pool:
+            side = (side - POOL_KERNEL) // POOL_STRIDE + 1
+            outputs += out * side * side
+        channels = out
+    hidden, flat = scaled(spec.hidden, width), channels * side * side
+    params += flat * hidden + hidden + hidden * hidden + hidden + hidden * num_classes + num_classes
+    outputs += flat + 4 * hidden + num_classes
+    return params, 4 * (params * (3 + optimizer_states) + batch_size * outputs)

@@ -107,7 +107,8 @@ class ModelConfig:
         _check(self.arch in ARCHS, "model.arch", self.arch, f"one of {sorted(ARCHS)}")
         _check(self.input_channels in (3, 4, 8), "model.input_channels", self.input_channels, "3, 4 or 8")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a float in [0, 1)")
-        _check(self.width > 0, "model.width", self.width, "a positive channel multiplier")
+        _check(0 < self.width <= 16, "model.width", self.width, "a channel multiplier in (0, 16]")
+        _check(self.input_size <= 1024, "model.input_size", self.input_size, "at most 1024 (CIFAR-10 is 32x32)")
         smallest = min_input_size(ARCHS[self.arch])
         _check(self.input_size >= smallest, "model.input_size", self.input_size,
                f"{self.arch} needs inputs of at least {smallest}x{smallest}; use model.input_size>={smallest}")
@@ -127,11 +128,17 @@ class DataConfig:
     crop_padding: int = 4
     hflip: bool = True
 
+    @property
+    def image_side(self) -> int:
+        """The side of the stored images (CIFAR-10's 32; an image folder's image_size)."""
+        return getattr(self, "image_size", 32)
+
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", self.eval_batch_size, "an integer >= 1")
         _check(self.val_size >= 1, "data.val_size", self.val_size, "an integer >= 1")
-        _check(self.crop_padding >= 0, "data.crop_padding", self.crop_padding, "an integer >= 0")
+        _check(0 <= self.crop_padding <= self.image_side, "data.crop_padding", self.crop_padding,
+               f"an integer from 0 to the image side ({self.image_side}): more pads with nothing but black")
         _check(len(self.mean) == 3, "data.mean", self.mean, "three per-channel values (RGB)")
         _check(len(self.std) == 3 and min(self.std) > 0, "data.std", self.std, "three positive values (RGB)")
 
@@ -334,6 +341,9 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
     fail_fast: bool = False  # in a multirun, stop at the first failed job instead of running the rest
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32), as numpy's generator takes")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.archs import ARCHS, POOL_KERNEL, POOL_STRIDE, ArchSpec, ConvSpec, feature_map_size, min_input_size
+from alexnet.archs import ARCHS, POOL_KERNEL, POOL_STRIDE, ArchSpec, ConvSpec, feature_map_size, min_input_size, scaled
 
 __all__ = ["ARCHS", "ArchSpec", "ConvSpec", "build_model", "count_parameters", "feature_map_size", "min_input_size",
            "model_from_config", "paper_lrn"]
@@ -45,9 +45,6 @@ def paper_lrn() -> LocalResponseNorm:
     return LocalResponseNorm(size=LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
-
 
 def build_model(arch: str, num_classes: int = 10, input_size: int | None = None, dropout: float = 0.5,
                 lrn: bool = False, width: float = 1.0, final_relu: bool = False,
@@ -68,7 +65,7 @@ def build_model(arch: str, num_classes: int = 10, input_size: int | None = None,
 
     features, in_channels = [], input_channels
     for conv in spec.convs:
-        out_channels = _scaled(conv.channels, width)
+        out_channels = scaled(conv.channels, width)
         layer = nn.Conv2d(in_channels, out_channels, conv.kernel, conv.stride, conv.padding)
         if not features and input_channels > 3:
             with torch.no_grad():  # the padding channels carry zeros: their weights stay zero (no gradient)
@@ -80,7 +77,7 @@ def build_model(arch: str, num_classes: int = 10, input_size: int | None = None,
             features.append(nn.MaxPool2d(POOL_KERNEL, POOL_STRIDE))
         in_channels = out_channels
 
-    hidden = _scaled(spec.hidden, width)
+    hidden = scaled(spec.hidden, width)
     classifier = [
         nn.Flatten(),
         nn.Linear(in_channels * side * side, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -100,3 +97,4 @@ def model_from_config(model_cfg, num_classes: int) -> nn.Sequential:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+

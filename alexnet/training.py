@@ -29,6 +29,7 @@ from alexnet.config import Config, ConfigError, RunDirRefused, UserError, to_dic
 from alexnet.data import Dataset, Loader, Split, load_dataset
 from alexnet.distributed import Dist
 from alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
+from alexnet.archs import ARCHS, training_bytes
 from alexnet.models import count_parameters, model_from_config
 from alexnet.optim import build_optimizer, build_scheduler
 from alexnet.resume import check_compatible
@@ -240,8 +241,38 @@ def adopt(ctx: RunContext, saved: dict, path: Path) -> None:
         (ctx.run_dir / "metrics.jsonl").write_text("".join(lines))
 
 
+def free_bytes(device: torch.device) -> int:
+    """Memory free for this run: the GPU's, or the host's (MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse, before allocating anything, a config whose training step cannot fit the device (an estimate from
+    the arch specs: model.width=16 or a 1024-pixel input would otherwise thrash, or fail deep in a step)."""
+    m = cfg.model
+    states = {"sgd": 1, "adam": 2, "adamw": 2}.get(cfg.optimizer.name, 2)
+    params, need = training_bytes(ARCHS[m.arch], m.input_size, m.width, 10, cfg.data.batch_size, m.input_channels,
+                                  states)
+    free = free_bytes(device)
+    if need > free:
+        raise ConfigError(
+            f"this run needs about {need / 2**30:.1f} GiB ({params:,} parameters with their gradients and "
+            f"{cfg.optimizer.name} state, and a batch of {cfg.data.batch_size} images at {m.input_size}x"
+            f"{m.input_size}), but {device} has {free / 2**30:.1f} GiB free. Fix: lower model.width ({m.width}), "
+            f"model.input_size ({m.input_size}) or data.batch_size ({cfg.data.batch_size}).")
+
+
 def set_up(cfg: Config, ctx: RunContext, dist: Dist, device: torch.device, config: dict) -> Run:
     """Data, model, optimizer and the rest, as `cfg` says; the state of a run that has not trained yet."""
+    check_memory(cfg, device)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     performance.configure_backends(cfg.trainer, device)
     data = load_dataset(cfg.data)

@@ -191,3 +191,17 @@ def test_state_dict_keys_name_the_two_stages(arch):
     linears = [k for k in keys if k.startswith("classifier.") and k.endswith(".weight")]
     assert convs[0] == "features.0.weight" and len(convs) == len(ARCHS[arch].convs)
     assert linears[0] == "classifier.1.weight" and len(linears) == 3  # after the Flatten: three Linear layers
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("width", [0.1, 0.5, 1.0, 1.3])
+def test_the_memory_estimate_counts_the_parameters_the_model_has(arch, width):
+    """alexnet.archs.training_bytes works from the specs without building anything; its parameter count is the
+    built model's, for every arch, at several widths and input sizes."""
+    from alexnet.archs import training_bytes
+
+    spec = ARCHS[arch]
+    for size in (min_input_size(spec), spec.default_input_size, 2 * spec.default_input_size):
+        params, need = training_bytes(spec, size, width, 10, 64)
+        assert params == count_parameters(build_model(arch, 10, size, width=width))
+        assert need > 4 * params * 4  # weights, gradients, momentum, best weights: and the activations on top

@@ -547,3 +547,12 @@ def test_a_stopped_sweep_job_names_the_sweep_dir_to_resume_with(caplog):
     with caplog.at_level(logging.WARNING, logger="alexnet"), pytest.raises(SystemExit):
         stop(run, Signals())
     assert "run the same command with hydra.sweep.dir=multirun/d/t to resume" in caplog.records[-1].getMessage()
+
+
+def test_a_config_that_cannot_fit_the_device_is_refused_before_anything_is_allocated(tmp_path, monkeypatch):
+    import alexnet.training as training
+
+    monkeypatch.setattr(training, "free_bytes", lambda device: 2**20)  # a 1 MiB device
+    with pytest.raises(UserError, match=r"this run needs about .* GiB .* but cpu has 0.0 GiB free. Fix: lower"):
+        train_in(tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / ".hydra").exists()
