@@ -64,9 +64,11 @@ def grouped_runs(sweep: Path) -> list:
     return [read_run(p) for job in sorted(sweep.glob("[0-9]*")) for p in offline_runs(job)]
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]],
-                         ids=["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", [
+    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    # slow: submitit_local also runs, requeues and resumes a job in test_submitit_job_interrupted_requeued_and_resumed
+    pytest.param(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], marks=pytest.mark.slow)],
+    ids=["joblib", "submitit_local"])
 def test_launcher_runs_a_sweep_into_one_wandb_group(cli, launcher):
     result = cli("-m", *SMALL_SWEEP, *launcher, "model.dropout=0.0,0.5", timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
