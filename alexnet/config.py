@@ -413,6 +413,18 @@ def to_typed(cfg: DictConfig) -> Config:
         raise ConfigError(f"{e}. Fix: give it a value on the command line (`key=value`).") from e
 
 
+def flatten(config: dict, prefix: str = "") -> dict:
+    """A nested config as dotted keys, `{"model.dropout": 0.5, ...}`; lists as tuples, so values can be hashed
+    (reports group runs by them) and compared."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def to_dict(cfg: DictConfig | Config) -> dict:
     """Plain, resolved dict of a config, enums as strings: for W&B, checkpoints and logs."""
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)

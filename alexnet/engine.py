@@ -32,6 +32,10 @@ class NonFiniteLoss(UserError):
     """A NaN or infinite training loss with trainer.on_nonfinite=stop."""
 
 
+# what to change when training diverges: every non-finite stop says it
+DIVERGENCE_FIX = "Fix: lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm"
+
+
 @dataclass
 class EpochProgress:
     """What the current epoch has done so far: checkpointed mid-epoch, so a resumed epoch ends the same.
@@ -157,8 +161,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
     def nonfinite(step: int, value: float) -> NonFiniteLoss:
         return NonFiniteLoss(
             f"non-finite training loss ({value}) at step {step} (epoch {epoch + 1}), learning rate "
-            f"{lrs.get(step, float('nan')):.4g}. The run stops here. Fix: "
-            f"lower optimizer.lr, add warmup (scheduler.warmup_epochs) or trainer.grad_clip_norm, or use "
+            f"{lrs.get(step, float('nan')):.4g}. The run stops here. {DIVERGENCE_FIX}, or use "
             f"trainer.on_nonfinite=skip to skip such batches.")
 
     def check_finite() -> None:

@@ -8,6 +8,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")  # where torch's SGD, Adam and AdamW have fused kernels
+STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}  # tensors kept per parameter: momentum; the two moments
 
 
 def scaled_lr(cfg, batch_size: int) -> float:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from alexnet.config import flatten
+from alexnet.rundir import metrics_rows
 
 IGNORED = ("seed", "wandb.")  # seeds are what rows average over; W&B settings change nothing trained
 # The key naming each group's option: fields that come with an option vary with it but are not factors.
@@ -34,16 +36,6 @@ class RunRecord:
     summary: dict = field(default_factory=dict)
     epochs: list = field(default_factory=list)  # one dict per epoch: epoch, val/acc, train/images_per_sec, ...
     runtime: float | None = None  # seconds
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 # ------------------------------------------------------------------------------------------ finding runs
@@ -76,11 +68,7 @@ def load_local_run(run_dir: Path) -> RunRecord:
     if not metrics.is_file():
         record.status = "failed"  # stopped before training: a config or data error
         return record
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
+    for row in metrics_rows(run_dir):
         if "_summary" in row:
             record.summary = row["_summary"]
         elif "_exit" in row:

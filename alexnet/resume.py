@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from alexnet.config import RunDirRefused
+from alexnet.config import RunDirRefused, flatten
 
 if TYPE_CHECKING:
     import torch
@@ -61,16 +61,6 @@ EPOCH_SHAPED_SCHEDULES = ("cosine",)
 
 class ResumeMismatch(RunDirRefused):
     """A checkpoint and a config that disagree on what was trained."""
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:

@@ -95,11 +95,8 @@ def is_resumable(run_dir: Path) -> bool:
     checkpoints = run_dir / "checkpoints"
     if not any((checkpoints / name).exists() for name in ("last.pt", "last.prev.pt")):
         return False
-    try:
-        last = (run_dir / "metrics.jsonl").read_text().rstrip("\n").rsplit("\n", 1)[-1]
-        return json.loads(last) != {"_exit": 0}
-    except (OSError, ValueError):
-        return True  # no record, or its last line cut short by a kill: the checkpoint decides
+    rows = metrics_rows(run_dir)  # no record, or its last line cut short by a kill: the checkpoint decides
+    return not rows or rows[-1] != {"_exit": 0}
 
 
 def interrupted_runs(root: str, overrides) -> list[Path]:
@@ -148,6 +145,7 @@ def holds_a_run(run_dir: Path) -> bool:
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's records, skipping a line a kill cut short; [] without the file."""
     rows = []
     try:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -28,10 +28,10 @@ from alexnet.checkpoint import CheckpointWriter, check_writable, digest, load_ch
 from alexnet.config import Config, ConfigError, RunDirRefused, UserError, to_dict
 from alexnet.data import Dataset, Loader, Split, load_dataset
 from alexnet.distributed import Dist
-from alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
+from alexnet.engine import DIVERGENCE_FIX, EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
 from alexnet.archs import ARCHS, training_bytes
 from alexnet.models import count_parameters, model_from_config
-from alexnet.optim import build_optimizer, build_scheduler
+from alexnet.optim import STATE_COPIES, build_optimizer, build_scheduler
 from alexnet.resume import check_compatible
 from alexnet.signals import StopSignals
 from alexnet.state import FORMAT, TrainState
@@ -168,8 +168,7 @@ def make_loaders(cfg: Config, data: Dataset, device: torch.device, dist: Dist) -
 def checkpoint_bytes(model, optimizer_name: str) -> int:
     """Room for last, previous and the one being written (weights, best weights, optimizer state), and best."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    state_copies = {"sgd": 1, "adam": 2, "adamw": 2}.get(optimizer_name, 2)
-    return 3 * weights * (2 + state_copies) + weights + 2**20
+    return 3 * weights * (2 + STATE_COPIES.get(optimizer_name, 2)) + weights + 2**20
 
 
 # ------------------------------------------------------------------------------------------------ the steps
@@ -258,9 +257,8 @@ def check_memory(cfg: Config, device: torch.device) -> None:
     """Refuse, before allocating anything, a config whose training step cannot fit the device (an estimate from
     the arch specs: model.width=16 or a 1024-pixel input would otherwise thrash, or fail deep in a step)."""
     m = cfg.model
-    states = {"sgd": 1, "adam": 2, "adamw": 2}.get(cfg.optimizer.name, 2)
     params, need = training_bytes(ARCHS[m.arch], m.input_size, m.width, 10, cfg.data.batch_size, m.input_channels,
-                                  states)
+                                  STATE_COPIES.get(cfg.optimizer.name, 2))
     free = free_bytes(device)
     if need > free:
         raise ConfigError(
@@ -328,8 +326,7 @@ def save_last(run: Run, step: int, progress: EpochProgress) -> None:
     state.step, state.progress = step, progress
     if not state.weights_finite():  # the same on every rank: DDP keeps the weights identical
         raise NonFiniteLoss(f"the weights hold NaN or infinite values at step {step} (epoch {state.epoch + 1}), "
-                            f"so they are not checkpointed. Fix: lower optimizer.lr, add warmup "
-                            f"(scheduler.warmup_epochs) or trainer.grad_clip_norm.")
+                            f"so they are not checkpointed. {DIVERGENCE_FIX}.")
     payload = state.state_dict(run.loaders.train.generator_state(), run.device, run.dist)
     if run.dist.is_main:
         payload.update(metrics_lines=run.tracker.lines, classes=run.data.classes,
@@ -345,8 +342,7 @@ def end_epoch(run: Run, train_stats: dict, val: dict, seconds: float) -> None:
     finite = math.isfinite(val["loss"])
     if not finite and trainer.on_nonfinite.value == "stop":
         raise NonFiniteLoss(f"non-finite validation loss ({val['loss']}) after epoch {state.epoch + 1}: the "
-                            f"weights no longer compute finite outputs. Fix: lower optimizer.lr, add warmup "
-                            f"(scheduler.warmup_epochs) or trainer.grad_clip_norm.")
+                            f"weights no longer compute finite outputs. {DIVERGENCE_FIX}.")
     if not finite:
         log.warning("validation loss %s after epoch %d: this epoch cannot be the best checkpoint", val["loss"],
                     state.epoch + 1)
@@ -426,8 +422,7 @@ def test(run: Run, signals: StopSignals) -> dict | None:
     best = state.best_weights
     if best is None:
         raise NonFiniteLoss("no epoch ended with a finite validation loss, so there is no best checkpoint to test. "
-                            "Fix: lower optimizer.lr, add warmup (scheduler.warmup_epochs) or "
-                            "trainer.grad_clip_norm, in a new run.")
+                            f"{DIVERGENCE_FIX}, in a new run.")
     state.model.load_state_dict(best)
     test = evaluate(run.eval_model, run.loaders.test, run.device, state.precision, hflip=cfg.trainer.tta_hflip,
                     should_stop=signals.requested)

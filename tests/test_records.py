@@ -27,7 +27,8 @@ from alexnet.checkpoint import load_checkpoint
 from alexnet.config import UserError, compose, to_dict, to_typed
 from alexnet.data import Split
 from alexnet.engine import EpochProgress, confusion_matrix, per_class_accuracy, train_one_epoch
-from alexnet.resume import MAY_CHANGE, ResumeMismatch, config_differences, flatten
+from alexnet.config import flatten
+from alexnet.resume import MAY_CHANGE, ResumeMismatch, config_differences
 from alexnet.training import scored_test_split
 from conftest import REPO, TINY
 from test_data import make_imagefolder
