@@ -101,14 +101,15 @@ def test_every_switch_combination_computes_the_same_function(arch, device, preci
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("tf32,benchmark", [(True, True), (True, False), (False, True)])
-def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, benchmark):
+# not `benchmark`: pytest-benchmark (on the GPU image) owns that fixture name, and the clash is an INTERNALERROR
+@pytest.mark.parametrize("tf32,autotune", [(True, True), (True, False), (False, True)])
+def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, autotune):
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     state = build_model("alexnet", input_size=SIZES["alexnet"], width=0.25, dropout=0.0).state_dict()
     performance.configure_backends(trainer(cuda, "tf32=false", "cudnn_benchmark=false"), cuda)
     reference = logits_and_grads("alexnet", cuda, trainer(cuda, "precision=fp32", "channels_last=false"), state)
-    fast = trainer(cuda, "precision=fp32", f"tf32={tf32}", f"cudnn_benchmark={benchmark}")
+    fast = trainer(cuda, "precision=fp32", f"tf32={tf32}", f"cudnn_benchmark={autotune}")
     performance.configure_backends(fast, cuda)
     for value, expected in zip(logits_and_grads("alexnet", cuda, fast, state), reference):
         assert relative_error(value, expected) < 5e-3  # TF32: 10 mantissa bits
