@@ -15,7 +15,8 @@ from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from alexnet import rundir
-from alexnet.config import ConfigError, compose, normalize_argv, to_typed
+from alexnet.config import compose, normalize_argv, to_typed
+from alexnet.errors import ConfigError
 from alexnet.overrides import check
 
 

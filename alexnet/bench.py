@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import performance
-from alexnet.config import Config, OptimizerImpl, Precision, UserError, compose, exit_on_user_error, to_typed
+from alexnet.config import Config, OptimizerImpl, Precision, compose, to_typed
+from alexnet.errors import UserError
+from alexnet.errors import contract
 from alexnet.data import Loader, Split
 from alexnet.engine import DTYPES, EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config
@@ -521,19 +523,27 @@ def print_tables(result: dict) -> None:
         print_profile(result["profile"])
 
 
+def writable(path: Path) -> bool:
+    """Whether `path` can be written (its folder made), checked before minutes of benchmarking."""
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    return not path.is_dir() and folder.is_dir() and os.access(folder if not path.exists() else path, os.W_OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    with exit_on_user_error():
+    with contract():
+        if args.json and not writable(args.json):
+            raise UserError(f"cannot write --json {args.json}. Fix: pass a file path in a folder you can write to.")
         result = run(args)
-    print_tables(result)
-    if args.json:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=1))
-        except OSError as e:  # the table above still holds the figures
-            print(f"error: cannot write --json {args.json}: {e}. Fix: pass a writable path.", file=sys.stderr)
-            sys.exit(2)
-        print(f"figures written to {args.json}")
+        print_tables(result)
+        if args.json:
+            try:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(result, indent=1))
+            except OSError as e:  # the table above still holds the figures
+                raise UserError(f"cannot write --json {args.json}: {e.strerror or e}. Fix: pass a writable "
+                                f"path (the figures are in the table above).") from e
+            print(f"figures written to {args.json}")
 
 
 if __name__ == "__main__":

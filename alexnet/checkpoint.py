@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from alexnet.config import UserError
+from alexnet.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 DIGEST_KEY = "sha256"
@@ -25,6 +25,10 @@ DIGEST_KEY = "sha256"
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be written or read."""
+
+
+class NotACheckpoint(CheckpointError):
+    """A file that torch can read but that is no checkpoint of alexnet.run."""
 
 
 def digest(state) -> str:
@@ -150,9 +154,15 @@ def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False, verify: 
         raise
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0]})") from e
+                              f"{type(e).__name__}: {first_line(e)})") from e
+    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+        what = f"a {type(state).__name__}" if not isinstance(state, dict) else f"keys {sorted(map(str, state))[:6]}"
+        raise NotACheckpoint(f"{path} is not a checkpoint written by alexnet.run (it holds {what}, not a model "
+                              f"and its config)")
     if verify and DIGEST_KEY in state and digest(state) != state[DIGEST_KEY]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its SHA-256 digest")
+    if verify and DIGEST_KEY not in state and state.get("format", 1) != 1:  # format 2 always has one
+        raise CheckpointError(f"checkpoint {path} is corrupt: it has no SHA-256 digest to check its content by")
     return state
 
 

@@ -6,11 +6,8 @@ checked in `__post_init__`, which runs when `to_typed` turns the composed DictCo
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -19,27 +16,14 @@ from typing import Any, Iterator, List, Optional
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from alexnet.archs import ARCHS, min_input_size
+from alexnet.errors import ConfigError
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"
-
-
-class UserError(Exception):
-    """A problem the user can fix (config, data, files): reported as one message, without a traceback."""
-
-
-class ConfigError(UserError, ValueError):
-    """A value outside what its key allows."""
-
-
-class RunDirRefused(UserError):
-    """The run dir holds another run (or another process writes it): this run was refused, that one untouched."""
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -441,26 +425,12 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return [normalize_override(a) for a in argv]
 
 
-def compose(overrides: list[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    """The run config for these overrides, composed as `python -m alexnet.run` would (for tools and tests)."""
+def compose(overrides: list[str] = (), return_hydra_config: bool = False, config_name: str = "config") -> DictConfig:
+    """The run config for these overrides, composed as `python -m alexnet.run` would (for tools and tests);
+    config_name="evaluate" composes alexnet.evaluate's."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=normalize_argv(list(overrides)),
+        return hydra_compose(config_name, overrides=normalize_argv(list(overrides)),
                              return_hydra_config=return_hydra_config)
-
-
-@contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """Turn user errors into `error: ...` on stderr and exit code 2; HYDRA_FULL_ERROR=1 keeps the traceback."""
-    try:
-        yield
-    except (UserError, HydraException, OmegaConfBaseException) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message, cause = str(e), None if isinstance(e, UserError) else e.__cause__
-        while cause is not None:  # Hydra wraps the informative OmegaConf error; ours say it all
-            message, cause = f"{message}\n{cause}", cause.__cause__
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 register_configs()

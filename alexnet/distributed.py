@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from alexnet.config import ConfigError
+from alexnet.errors import ConfigError
 
 
 @dataclass

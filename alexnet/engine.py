@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from alexnet.config import UserError
+from alexnet.errors import UserError
 from alexnet.data import Loader
 from alexnet.distributed import Dist
 from alexnet.performance import resolve_precision

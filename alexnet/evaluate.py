@@ -15,10 +15,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet.checkpoint import CheckpointError, load_checkpoint
-from alexnet.config import CONF_DIR, GROUP_SCHEMAS, ConfigError, UserError, exit_on_user_error, to_dict, to_typed
+from alexnet.checkpoint import CheckpointError, NotACheckpoint, load_checkpoint
+from alexnet.config import CONF_DIR, GROUP_SCHEMAS, to_dict, to_typed
+from alexnet.errors import ConfigError, UserError, contract, first_line
 from alexnet.data import Loader, load_dataset
-from alexnet import performance
+from alexnet import performance, rundir
 from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
 from alexnet.models import model_from_config
 from alexnet.state import upgrade
@@ -37,15 +38,12 @@ def read_checkpoint(path: str) -> dict:
         raise ConfigError(f"ckpt={path} does not exist. Fix: pass a checkpoint file, e.g. "
                           f"ckpt=outputs/<date>/<time>/checkpoints/best.pt")
     try:
-        ckpt = upgrade(load_checkpoint(Path(path)))
-        ckpt["config"]["model"], ckpt["model"]  # noqa: B018 - the keys evaluation needs
+        return upgrade(load_checkpoint(Path(path)))
+    except NotACheckpoint as e:
+        raise NotACheckpoint(f"{e}. Fix: pass checkpoints/best.pt or checkpoints/last.pt of a training run.") from e
     except CheckpointError as e:  # truncated, or a damaged byte: say so, not "not a checkpoint"
         raise CheckpointError(f"{e}. Fix: evaluate another checkpoint of the run (best.pt, last.pt, "
                               f"last.prev.pt).") from e
-    except Exception as e:
-        raise UserError(f"ckpt={path} is not a checkpoint written by alexnet.run ({type(e).__name__}: {e}). "
-                        f"Fix: pass checkpoints/best.pt or checkpoints/last.pt of a training run.") from e
-    return ckpt
 
 
 def _key(override: str) -> str:
@@ -89,7 +87,11 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
         raise UserError(f"the checkpoint was trained on classes {ckpt['classes']} but data={cfg.data.name} has "
                         f"{data.classes}. Fix: evaluate on a data set with the checkpoint's classes.")
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # possible only for a file made by hand: a real one's digest covers both
+        raise NotACheckpoint(f"the weights in {cfg.ckpt} do not fit the model its config describes "
+                             f"({first_line(e)}). Fix: pass a checkpoint written by alexnet.run.") from e
     model = performance.maybe_compile(performance.set_memory_format(model, cfg.trainer), cfg.trainer)
     test = scored_test_split(data.test, cfg.trainer.limit_test_images, cfg.data.split_seed)  # never cut by limit_batches
     loader = Loader(test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
@@ -140,8 +142,14 @@ def print_results(result: dict, classes: list[str], confusion) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 def hydra_main(dict_cfg: DictConfig) -> float:
-    with exit_on_user_error():
-        return evaluate_checkpoint(dict_cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)  # always a new one: outputs/eval/<date>/<time>
+    with contract():  # here, not only in main: Hydra would add its own "Error executing job" line to ours
+        try:
+            return evaluate_checkpoint(dict_cfg)
+        except BaseException as e:
+            if not isinstance(e, SystemExit):  # an error or Ctrl-C before any result: no dir of a run that never was
+                rundir.leave_as_found(run_dir, 0, made_at_start={".hydra", "evaluate.log"})
+            raise
 
 
 def main() -> None:
@@ -154,7 +162,12 @@ def main() -> None:
             sys.argv.insert(1, f"data={name}")
         except Exception:
             pass  # evaluate_checkpoint reports a missing or unreadable checkpoint
-    hydra_main()
+    rundir.NAME_ONLY = True  # its config includes the run's, whose run dir resolver would make a training run dir
+    with contract():
+        from alexnet.overrides import check
+
+        check(sys.argv[1:], config_name="evaluate")
+        hydra_main()
 
 
 if __name__ == "__main__":

@@ -7,13 +7,17 @@ Each job of a multirun is checked too: every value of a sweep (`model.dropout=0.
 from __future__ import annotations
 
 import difflib
+import functools
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from alexnet.config import ConfigError, compose
+from alexnet.config import compose, to_typed
+from alexnet.errors import ConfigError, first_line
+from alexnet.rundir import check_can_make
 
 # Hydra flags after which the next argument is the flag's value, not an override
 VALUED_FLAGS = {"--cfg", "-c", "--package", "-p"}
@@ -50,7 +54,7 @@ def explain(error: Exception, override: str, known: list[str]) -> str:
     if "Could not override" in str(error) or "Could not append" in str(error):
         return (f"unknown config key '{key}'.{closest(key, known)} Fix the spelling "
                 f"(`python -m alexnet.run --cfg job` prints every key).")
-    detail = str(cause or error).splitlines()[0]
+    detail = first_line(cause or error)
     if "expected one of" in detail:  # an enum: "Invalid value 'fp8', expected one of [auto, fp32, ...]"
         allowed = "one of " + detail.split("expected one of", 1)[1].strip(" []")
     elif "could not be converted to" in detail:  # "Value 'abc' of type 'str' could not be converted to Integer"
@@ -87,7 +91,7 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(f"{str(e).splitlines()[0]}. Fix the override's syntax (`key=value`).") from e
+        raise ConfigError(f"{first_line(e)}. Fix the override's syntax (`key=value`).") from e
     if not multirun:
         return [overrides]
     first, alternatives = [], []
@@ -106,20 +110,52 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return checks
 
 
-def check(argv: list[str]) -> None:
-    """Compose every job the command line asks for; raise ConfigError (our contract) at the first that fails."""
+def diagnose(error: Exception, overrides: list[str], config_name: str = "config") -> ConfigError:
+    """Our error for Hydra's or OmegaConf's composition `error`, naming the override that caused it."""
+    culprit = next((o for o in overrides if _names(o, error)), overrides[-1] if overrides else "")
+    return ConfigError(explain(error, culprit, known_keys(config_name)))
+
+
+@functools.lru_cache
+def known_keys(config_name: str = "config") -> list[str]:
+    """Every key of the config, and the optional groups: the names a misspelt one is compared with."""
+    return keys_of(compose([], config_name=config_name)) + ["experiment", "debug"]
+
+
+def check(argv: list[str], config_name: str = "config") -> None:
+    """Compose and validate every job the command line asks for, and check the run (or sweep) dir can be made;
+    raise our UserError at the first problem. Nothing is written. config_name="evaluate": alexnet.evaluate's
+    command line (its values are checked once the checkpoint's config is merged in)."""
     split = split_argv(argv)
     if split is None:
         return
-    known = None
-    for overrides in jobs(*split):
+    checks = jobs(*split)
+    for overrides in checks:
         try:
-            compose(overrides)
+            cfg = compose(overrides, return_hydra_config=True, config_name=config_name)
         except (HydraException, OmegaConfBaseException) as e:
-            if known is None:
-                known = keys_of(compose([])) + ["experiment", "debug"]
-            culprit = next((o for o in overrides if _names(o, e)), overrides[-1] if overrides else "")
-            raise ConfigError(explain(e, culprit, known)) from e
+            raise diagnose(e, overrides, config_name) from e
+        if config_name == "config":
+            job = cfg.copy()
+            with open_dict(job):
+                del job["hydra"]
+            to_typed(job)  # the value bounds (a seed outside [0, 2**32), model.width=inf, ...)
+        if overrides is checks[0] and not any(a in ("--cfg", "-c") for a in argv):
+            check_output_dir(cfg, multirun=split[1])
+
+
+def check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    """A hydra.run.dir (hydra.sweep.dir) given on the command line must be makeable before Hydra makes it. The
+    default run dir is checked as it is chosen (alexnet.rundir.choose_run_dir)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    raw = OmegaConf.to_container(cfg.hydra.sweep if multirun else cfg.hydra.run, resolve=False)["dir"]
+    if "alexnet_run_dir" in str(raw):
+        return
+    try:
+        path = OmegaConf.select(cfg, key)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{key}={raw} cannot be resolved: {first_line(e)}. Fix: {key}=PATH.") from e
+    check_can_make(Path(str(path)), key)
 
 
 def _names(override: str, error: Exception) -> bool:

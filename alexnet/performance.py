@@ -16,7 +16,8 @@ import sys
 import torch
 from torch import nn
 
-from alexnet.config import ConfigError, Precision, TrainerConfig
+from alexnet.config import Precision, TrainerConfig
+from alexnet.errors import ConfigError
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.config import flatten
+from alexnet.errors import UserError, contract
 from alexnet.rundir import metrics_rows
 
 IGNORED = ("seed", "wandb.")  # seeds are what rows average over; W&B settings change nothing trained
@@ -24,7 +25,7 @@ OPTION_KEYS = {"model": "model.arch", "data": "data.name", "optimizer": "optimiz
                "scheduler": "scheduler.name"}
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """Nothing to report; the message says why and what to pass instead."""
 
 
@@ -294,14 +295,14 @@ def build_wandb_report(entity: str, project: str, group: str, keys: list[str]):
                              wr.PanelGrid(runsets=[runset], panels=panels)])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m alexnet.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="a multirun dir, or run dirs")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a W&B server instead")
     parser.add_argument("--group", help="with --wandb: the W&B group of the sweep")
     parser.add_argument("--out", type=Path, help="where to write the report (default: the first PATH)")
     args = parser.parse_args(argv)
-    try:
+    with contract(interrupted="interrupted (Ctrl-C): the report may be incomplete; run the same command again"):
         if args.wandb:
             if not args.group or args.wandb.count("/") != 1:
                 raise ReportError("--wandb needs ENTITY/PROJECT and --group GROUP, e.g. "
@@ -338,11 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             report = build_wandb_report(entity, project, args.group, result["keys"])
             report.save()
             print(f"W&B report: {report.url}")
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from alexnet.config import RunDirRefused, flatten
+from alexnet.config import flatten
+from alexnet.errors import RunDirRefused
 
 if TYPE_CHECKING:
     import torch

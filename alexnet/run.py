@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -21,12 +23,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet import rundir
-from alexnet.config import CONF_DIR, RunDirRefused, UserError, exit_on_user_error, normalize_argv, to_typed
+from alexnet.config import CONF_DIR, normalize_argv, to_typed
+from alexnet.errors import RunDirRefused, StopNow, UserError, contract
 
 log = logging.getLogger("alexnet")
 
 
-REFUSED = "refused"  # <sweep dir>/refused/<job>.json: jobs whose run dir holds another run, left untouched
+COMMAND_ENV = "ALEXNET_COMMAND"  # the command line, for "to resume, run ..." (joblib's workers inherit it)
+STOPPING = ".stopping"  # <sweep dir>/.stopping: a Ctrl-C asked a joblib sweep to stop (see SweepSummary)
+REFUSED = "refused"
+BEFORE_TRAINING = "interrupted (Ctrl-C) before training began: nothing was trained. Run the same command again to start it."  # <sweep dir>/refused/<job>.json: jobs whose run dir holds another run, left untouched
 
 
 def record_failure(dict_cfg: DictConfig, error: BaseException) -> str:
@@ -44,18 +50,49 @@ def record_failure(dict_cfg: DictConfig, error: BaseException) -> str:
     return message
 
 
+def resume_sweep_command(sweep_dir: str | Path) -> str:
+    """The command that resumes this sweep: the same one, in the same sweep dir (a new invocation makes a new)."""
+    argv = shlex.split(os.environ.get(COMMAND_ENV) or "python -m alexnet.run -m ...")
+    return shlex.join([*(a for a in argv if not a.startswith("hydra.sweep.dir=")), f"hydra.sweep.dir={sweep_dir}"])
+
+
 class SweepSummary(Callback):
-    """At the end of a multirun: write its comparison report, list the jobs that failed and exit non-zero."""
+    """At the end of a multirun: write its comparison report, list the jobs that failed and exit non-zero.
+
+    Under a launcher whose jobs run in worker processes (joblib), a Ctrl-C in the terminal reaches every worker,
+    and each running job checkpoints and stops as a single run does. This process must not kill them meanwhile:
+    its first Ctrl-C only marks the sweep as stopping (`STOPPING` in the sweep dir, so that queued jobs do not
+    start), and the end of the sweep says how to resume it. A second Ctrl-C stops at once.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         import shutil
 
-        shutil.rmtree(Path(config.hydra.sweep.dir, REFUSED), ignore_errors=True)  # an earlier invocation's
+        sweep_dir = Path(config.hydra.sweep.dir)
+        shutil.rmtree(sweep_dir / REFUSED, ignore_errors=True)  # an earlier invocation's
+        (sweep_dir / STOPPING).unlink(missing_ok=True)
+        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_")):
+            signal.signal(signal.SIGINT, lambda signum, frame: self.stop_sweep(sweep_dir))
+
+    @staticmethod
+    def stop_sweep(sweep_dir: Path) -> None:
+        marker = sweep_dir / STOPPING
+        if marker.exists():
+            raise StopNow(f"stopped the sweep at once by a second Ctrl-C: jobs that had not finished their "
+                          f"checkpoint continue from their previous one. To resume: {resume_sweep_command(sweep_dir)}")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        log.warning("Ctrl-C: every running job checkpoints and stops, and queued jobs do not start (Ctrl-C again "
+                    "to stop at once)")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from alexnet.report import ReportError, load_local_runs, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if (sweep_dir / STOPPING).exists():
+            (sweep_dir / STOPPING).unlink()
+            raise StopNow(f"the sweep was stopped by Ctrl-C: its running jobs checkpointed, and the jobs not "
+                          f"started were left. To resume it: {resume_sweep_command(sweep_dir)}")
         try:
             result = write_report(load_local_runs([sweep_dir]), sweep_dir, f"Comparison of {sweep_dir}")
             log.info("comparison report: %s (%d configurations)", sweep_dir / "report.md", len(result["rows"]))
@@ -80,7 +117,7 @@ def run_context():
     return RunContext(run_dir=Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task),
                       experiment=hydra_cfg.runtime.choices.get("experiment"),
                       sweep_dir=hydra_cfg.sweep.dir if multirun else None,
-                      hydra_yaml=OmegaConf.to_yaml(hydra_cfg), notes=notes)
+                      hydra_yaml=OmegaConf.to_yaml(hydra_cfg), notes=notes, command=os.environ.get(COMMAND_ENV))
 
 
 def absolute_paths(dict_cfg: DictConfig) -> None:
@@ -101,42 +138,70 @@ def objective(summary: dict) -> float:
     return summary.get("val/best_acc", float("nan"))
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def hydra_main(dict_cfg: DictConfig) -> float:
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        with exit_on_user_error():
+def run_one(dict_cfg: DictConfig) -> float:
+    """A single run, under the contract here: Hydra would add its own "Error executing job" line to ours."""
+    run_dir = HydraConfig.get().runtime.output_dir
+    found, ctx = rundir.snapshot(run_dir), None
+    with contract(interrupted=BEFORE_TRAINING):
+        try:
+            ctx = run_context()
             absolute_paths(dict_cfg)
             cfg = to_typed(dict_cfg)  # every config check, before torch is imported
             from alexnet.training import train
 
-            return objective(train(cfg, run_context()))
+            return objective(train(cfg, ctx))
+        except BaseException:
+            if ctx is None or not ctx.recorded:  # refused, or stopped before it began: leave the dir as it was
+                rundir.leave_as_found(run_dir, found)
+            raise
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def hydra_main(dict_cfg: DictConfig) -> float:
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return run_one(dict_cfg)
     # In a sweep a failed job is recorded and the others go on, unless fail_fast is set.
+    ctx = run_context()
+    stopping = Path(ctx.sweep_dir, STOPPING)
     try:
+        if stopping.exists():
+            raise UserError("not started: the sweep was stopped by Ctrl-C")
         absolute_paths(dict_cfg)
         cfg = to_typed(dict_cfg)
         from alexnet.training import train
 
-        return objective(train(cfg, run_context()))
+        return objective(train(cfg, ctx))
+    except (SystemExit, KeyboardInterrupt) as e:
+        if not stopping.exists():  # one process (the basic launcher): the stop ends the sweep here
+            raise
+        # a joblib worker: the job checkpointed (or had not begun); the sweep's end says how to resume
+        record_failure(dict_cfg, UserError(f"stopped by Ctrl-C ({str(e) or 'after its checkpoint'})"))
+        return float("nan")
     except Exception as e:
         message = record_failure(dict_cfg, e)
         log.error("job failed: %s", message)
         if dict_cfg.get("fail_fast"):
-            print(f"error: {message}\nstopping the sweep at its first failure (fail_fast=true)", file=sys.stderr)
-            sys.exit(2)
+            raise UserError(f"{message}\nstopping the sweep at its first failure (fail_fast=true)") from None
         return float("nan")  # an Optuna sweep records the trial as failed
 
 
 def main() -> None:
     sys.argv[1:] = normalize_argv(sys.argv[1:])
+    os.environ[COMMAND_ENV] = shlex.join(["python", "-m", "alexnet.run", *sys.argv[1:]])  # for "to resume, run ..."
     # W&B advertises its service process to child processes (WANDB_SERVICE). A run started from a process that
     # ran W&B itself (a notebook that called alexnet.train) would share that service, where a SIGKILLed run's
     # stream stays open: its resume then finds "run ID ... is in use". Each run keeps its own service.
     os.environ.pop("WANDB_SERVICE", None)
-    with exit_on_user_error():  # a mistyped key, option or value: our one-line error, before Hydra's report
+    with contract(interrupted=BEFORE_TRAINING):
         from alexnet.overrides import check
 
-        check(sys.argv[1:])
-    hydra_main()
+        check(sys.argv[1:])  # a mistyped key, option or value: our one-line error, before Hydra makes a run dir
+        rundir.NAME_ONLY = any(a in ("--cfg", "-c") for a in sys.argv[1:])
+        try:
+            hydra_main()
+        except BaseException:  # a Ctrl-C can come before hydra_main runs, just after the run dir was made
+            rundir.remove_unstarted()
+            raise
 
 
 if __name__ == "__main__":

@@ -14,15 +14,19 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from alexnet.config import RunDirRefused
+from alexnet.errors import RunDirRefused
 
 _HELD: dict[Path, int] = {}  # run dir -> the open lock file: this process's locks
 NOTES: list[str] = []  # what choosing the run dir found, for the run's log (logging is not set up yet then)
+MADE: list[Path] = []  # the fresh run dirs `choose_run_dir` made in this process
+_CHOSEN: dict[tuple, str] = {}  # choose_run_dir's arguments -> its answer, in this process
+NAME_ONLY = False  # set by commands that train nothing (--cfg, alexnet.evaluate): the resolver makes no dir
 
 
 class RunDirBusy(RunDirRefused):
@@ -112,6 +116,18 @@ def interrupted_runs(root: str, overrides) -> list[Path]:
     return found
 
 
+def check_can_make(run_dir: Path, key: str = "hydra.run.dir") -> None:
+    """Refuse, before Hydra makes it, a run dir that is a file, lies under a file, or cannot be written."""
+    run_dir, what = Path(run_dir), "the sweep dir" if "sweep" in key else "the run dir"
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise RunDirRefused(f"{what} {run_dir} cannot be made: {existing} is a file. Fix: {key}=PATH "
+                            f"naming a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirRefused(f"{what} {run_dir} cannot be written: {existing} is read-only. Fix: run from a "
+                            f"writable directory, or set {key}=PATH on a writable disk.")
+
+
 def choose_run_dir(root: str, fresh: str, overrides, resume: str) -> str:
     """Hydra's run dir for a single run (see the module doc). The chosen dir is locked at once, so a second
     process started with the same command moves on to its own dir.
@@ -122,7 +138,17 @@ def choose_run_dir(root: str, fresh: str, overrides, resume: str) -> str:
     rank = int(os.environ.get("RANK", "0"))
     if rank > 0:
         return str(Path(tempfile.gettempdir()) / f"alexnet-rank{rank}-of-{os.getppid()}")
-    for run_dir in interrupted_runs(root, list(overrides)):
+    if NAME_ONLY:
+        return str(Path(root, fresh))
+    key = (os.getcwd(), root, fresh, tuple(overrides), resume)
+    if key not in _CHOSEN:  # Hydra resolves the run dir several times per run: choose once
+        _CHOSEN[key] = _choose(root, fresh, list(overrides), resume)
+    return _CHOSEN[key]
+
+
+def _choose(root: str, fresh: str, overrides: list[str], resume: str) -> str:
+    check_can_make(Path(root, fresh))
+    for run_dir in interrupted_runs(root, overrides):
         if resume != "auto":
             NOTES.append(f"an interrupted run of this command is in {run_dir}; this one starts afresh "
                          f"(trainer.resume={resume}). trainer.resume=auto would continue it.")
@@ -132,9 +158,10 @@ def choose_run_dir(root: str, fresh: str, overrides, resume: str) -> str:
         NOTES.append(f"the interrupted run {run_dir} of this command is being resumed by {holder(run_dir)}; "
                      f"this one starts afresh in its own run dir")
     candidate, n = Path(root, fresh), 1
-    while not try_lock(candidate):  # the same command started within the same second
+    while candidate.exists() or not try_lock(candidate):  # another command started within the same second
         n += 1
         candidate = Path(root, f"{fresh}-{n}")
+    MADE.append(candidate)
     return str(candidate)
 
 
@@ -188,6 +215,47 @@ def never_checkpointed_same(run_dir: Path, config: dict) -> bool:
     if any((run_dir / "checkpoints").glob("*.pt")) or (rows and rows[-1] == {"_exit": 0}) or recorded is None:
         return False
     return not config_differences(recorded, config)
+
+
+def snapshot(run_dir: Path) -> int:
+    """What a job's run dir held as the job began: the size of Hydra's run.log (0 when Hydra just made it)."""
+    try:
+        return (Path(run_dir) / "run.log").stat().st_size
+    except OSError:
+        return 0
+
+
+# What a job makes in its run dir before its checks pass: the lock, Hydra's log, the checkpoint writability probe
+MADE_AT_START = {".lock", "run.log", "checkpoints"}
+
+
+def only_start_files(run_dir: Path, made_at_start=MADE_AT_START) -> bool:
+    """The run dir holds nothing but what a job's start made."""
+    checkpoints = run_dir / "checkpoints"
+    return ({p.name for p in run_dir.iterdir()} <= set(made_at_start)
+            and (not checkpoints.is_dir() or not any(checkpoints.iterdir())))
+
+
+def leave_as_found(run_dir: Path, log_size: int, made_at_start=MADE_AT_START, log: str = "run.log") -> None:
+    """After a run that never started (refused, or interrupted in start-up): remove the run dir if it was new
+    (it holds only what the start made), else cut its log back to `log_size`, so that the dir's record is as it
+    was."""
+    run_dir = Path(run_dir)
+    try:
+        if log_size == 0 and only_start_files(run_dir, made_at_start):
+            unlock(run_dir)
+            shutil.rmtree(run_dir)
+        elif (run_dir / log).is_file():
+            os.truncate(run_dir / log, log_size)
+    except OSError:
+        pass  # a read-only dir: nothing was written to it either
+
+
+def remove_unstarted() -> None:
+    """Remove the run dirs this process made for a run that never began."""
+    for run_dir in MADE:
+        if run_dir.is_dir() and only_start_files(run_dir):
+            leave_as_found(run_dir, 0)
 
 
 def _write_atomic(path: Path, text: str) -> None:

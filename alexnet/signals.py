@@ -11,6 +11,8 @@ import logging
 import signal
 import threading
 
+from alexnet.errors import StopNow
+
 log = logging.getLogger("alexnet")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 SUBMITIT_REQUEUE = "checkpoint_and_try_requeue"  # the name of submitit's handler
@@ -41,7 +43,7 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            raise StopNow("stopped at once by a second Ctrl-C, without a new checkpoint")
         self.signum = signum
         then = "submitit requeues the job" if signum in self._requeue else "run the same command again to resume"
         log.warning("received %s: finishing this step, then checkpointing and stopping (%s)",

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from alexnet.config import exit_on_user_error
+    from alexnet.errors import contract
 
-    with exit_on_user_error():
+    with contract():
         main(sys.argv[1:])

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ import torch
 import yaml
 
 from alexnet import distributed, performance, rundir
-from alexnet.checkpoint import CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
-from alexnet.config import Config, ConfigError, RunDirRefused, UserError, to_dict
+from alexnet.checkpoint import CheckpointError, CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
+from alexnet.config import Config, to_dict
+from alexnet.errors import INTERRUPTED, ConfigError, RunDirRefused, StopNow, UserError
 from alexnet.data import Dataset, Loader, Split, load_dataset
 from alexnet.distributed import Dist
 from alexnet.engine import DIVERGENCE_FIX, EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
@@ -50,6 +52,8 @@ class RunContext:
     sweep_dir: str | None = None  # the multirun's dir, for a job of a sweep
     hydra_yaml: str | None = None  # Hydra's config of the run, kept as .hydra/hydra.yaml
     notes: list[str] = field(default_factory=list)  # what choosing the run dir found
+    command: str | None = None  # the command line that started it, for "to resume, run ..."
+    recorded: bool = False  # set once the run's checks passed and its record is written
 
     def name(self) -> str:
         """What differs from the defaults, e.g. `optimizer=adam,model.dropout=0.5`."""
@@ -173,6 +177,18 @@ def checkpoint_bytes(model, optimizer_name: str) -> int:
 
 # ------------------------------------------------------------------------------------------------ the steps
 
+def load_resume_path(path: Path) -> dict:
+    """The checkpoint trainer.resume=PATH names, or the contract's error saying what is wrong with it."""
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={path} {'is a directory' if path.is_dir() else 'does not exist'}. Fix: "
+                          f"trainer.resume=<run dir>/checkpoints/last.pt, or trainer.resume=auto.")
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume: {e}. Fix: trainer.resume=<run dir>/checkpoints/last.pt of a run "
+                              f"(or its last.prev.pt), or trainer.resume=never to start afresh.") from e
+
+
 def find_resume_point(cfg: Config, ctx: RunContext, config: dict) -> tuple[dict, Path] | None:
     """The checkpoint to continue from, checked against this config before anything is loaded or written.
 
@@ -183,7 +199,7 @@ def find_resume_point(cfg: Config, ctx: RunContext, config: dict) -> tuple[dict,
     own = ctx.run_dir / "checkpoints" / "last.pt"
     resume = cfg.trainer.resume
     found = None if resume == "never" else load_latest(own) if resume == "auto" else (
-        load_checkpoint(Path(resume)), Path(resume))
+        load_resume_path(Path(resume)), Path(resume))
     continues_own = found is not None and Path(found[1]).resolve().parent == own.parent.resolve()
     if rundir.holds_a_run(ctx.run_dir) and not continues_own:
         if found is None and resume == "auto" and rundir.never_checkpointed_same(ctx.run_dir, config):
@@ -388,20 +404,37 @@ def fit(run: Run, generator_state: torch.Tensor | None, signals: StopSignals) ->
     run.checkpoints.writer.wait()  # every checkpoint on disk (or its error raised) before anyone reads one
 
 
+def how_to_resume(ctx: RunContext, resume: str) -> str:
+    """The command that continues this run: a multirun needs its sweep dir named, or it would start a new one."""
+    if ctx.sweep_dir:
+        again = f"run the same command with hydra.sweep.dir={ctx.sweep_dir}"
+        if ctx.command:
+            kept = [a for a in shlex.split(ctx.command) if not a.startswith("hydra.sweep.dir=")]
+            again += f": {shlex.join([*kept, f'hydra.sweep.dir={ctx.sweep_dir}'])}"
+        return again
+    if resume == "auto":
+        return "run the same command again"
+    return f"run the same command with trainer.resume=auto (it continues {ctx.run_dir})"
+
+
+def interrupted(ctx: RunContext, resume: str, again: bool) -> str:
+    """What a Ctrl-C that stopped the run at once left behind, and how to go on."""
+    if not ctx.recorded:
+        return ("interrupted (Ctrl-C) before training began: nothing was trained, and the run dir is left as it "
+                "was. Run the same command again to start it.")
+    return (f"{'stopped at once by a second Ctrl-C' if again else 'interrupted (Ctrl-C)'}, without a new "
+            f"checkpoint: {ctx.run_dir / 'checkpoints'} keeps the last one, if any. To resume from it, "
+            f"{how_to_resume(ctx, resume)}.")
+
+
 def stop(run: Run, signals: StopSignals) -> None:
     """A signal asked the run to stop, after its checkpoint: say how to go on, and exit (or let submitit
     requeue the job)."""
     state, trainer = run.state, run.cfg.trainer
     where = (f"during the final test (all {state.epoch} epochs are checkpointed)" if state.epoch >= trainer.epochs
              else f"at epoch {state.epoch + 1}, step {state.step}")
-    if run.ctx.sweep_dir:  # a new invocation would start a new sweep dir: name the old one
-        again = f"run the same command with hydra.sweep.dir={run.ctx.sweep_dir}"
-    elif trainer.resume == "auto":
-        again = "run the same command again"
-    else:
-        again = f"run the same command with trainer.resume=auto (it continues {run.ctx.run_dir})"
     log.warning("stopped %s by a signal; %s", where, f"the checkpoint is {run.checkpoints.folder / 'last.pt'}: "
-                f"{again} to resume" if trainer.save_checkpoints else
+                f"{how_to_resume(run.ctx, trainer.resume)} to resume" if trainer.save_checkpoints else
                 "checkpoints are off (trainer.save_checkpoints=false)")
     signals.stop()
 
@@ -460,6 +493,9 @@ def tracked(run: Run, saved: dict | None):
     except UserError:
         exit_code = 2  # as the command line will exit
         raise
+    except KeyboardInterrupt:
+        exit_code = INTERRUPTED
+        raise
     finally:
         if exit_code != 0:  # let the last write finish, without masking the error on its way out
             with contextlib.suppress(Exception):
@@ -495,6 +531,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             if found:
                 adopt(ctx, *found)
             rundir.write_record(ctx.run_dir, config, ctx.overrides, ctx.hydra_yaml)
+            ctx.recorded = True
         with tracked(run, found and found[0]), StopSignals() as signals:
             if found:
                 run.checkpoints.export_best(run)  # best.pt of the history this run continues
@@ -505,6 +542,8 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             if signals.requested():
                 stop(run, signals)
             return summary
+    except KeyboardInterrupt as e:  # a Ctrl-C outside the training steps, or a second one within them
+        raise StopNow(interrupted(ctx, cfg.trainer.resume, again=isinstance(e, StopNow))) from None
     finally:
         performance.restore_backend_flags(flags)
         distributed.teardown(dist)

@@ -5,7 +5,8 @@ import pytest
 from omegaconf.errors import OmegaConfBaseException
 from hydra.errors import HydraException
 
-from alexnet.config import CONF_DIR, ConfigError, compose, to_typed
+from alexnet.config import CONF_DIR, compose, to_typed
+from alexnet.errors import ConfigError
 from alexnet.models import count_parameters, model_from_config
 from alexnet.optim import build_optimizer, build_scheduler
 

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 import alexnet
 from alexnet import rundir
 from alexnet.checkpoint import load_checkpoint
-from alexnet.config import UserError, compose, to_dict, to_typed
+from alexnet.config import compose, to_dict, to_typed
+from alexnet.errors import UserError
 from alexnet.data import Split
 from alexnet.engine import EpochProgress, confusion_matrix, per_class_accuracy, train_one_epoch
 from alexnet.config import flatten
