@@ -295,7 +295,7 @@ def build_wandb_report(entity: str, project: str, group: str, keys: list[str]):
                              wr.PanelGrid(runsets=[runset], panels=panels)])
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alexnet.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="a multirun dir, or run dirs")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a W&B server instead")
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
             report = build_wandb_report(entity, project, args.group, result["keys"])
             report.save()
             print(f"W&B report: {report.url}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

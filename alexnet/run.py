@@ -71,7 +71,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         shutil.rmtree(sweep_dir / REFUSED, ignore_errors=True)  # an earlier invocation's
         (sweep_dir / STOPPING).unlink(missing_ok=True)
-        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_")):
+        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_")):  # see in_worker_process
             signal.signal(signal.SIGINT, lambda signum, frame: self.stop_sweep(sweep_dir))
 
     @staticmethod
@@ -105,6 +105,11 @@ class SweepSummary(Callback):
             for f in sorted(failures, key=lambda f: f["job"]):
                 print(f"  job {f['job']} ({' '.join(f['overrides'])}): {f['error']}", file=sys.stderr)
             sys.exit(1)
+
+
+def in_worker_process() -> bool:
+    """Whether this job runs in a launcher's worker process (joblib) rather than in the command's own."""
+    return "joblib" in str(OmegaConf.select(HydraConfig.get(), "launcher._target_"))
 
 
 def run_context():
@@ -172,16 +177,19 @@ def hydra_main(dict_cfg: DictConfig) -> float:
 
         return objective(train(cfg, ctx))
     except (SystemExit, KeyboardInterrupt) as e:
-        if not stopping.exists():  # one process (the basic launcher): the stop ends the sweep here
+        if not in_worker_process():  # the basic launcher: the stop ends the sweep here, saying how to resume
             raise
-        # a joblib worker: the job checkpointed (or had not begun); the sweep's end says how to resume
+        # A joblib worker: the job checkpointed (or had not begun). The sweep is stopping (the Ctrl-C reached
+        # every process at once: say so here too, so that no queued job starts), and its end says how to resume.
+        stopping.touch()
         record_failure(dict_cfg, UserError(f"stopped by Ctrl-C ({str(e) or 'after its checkpoint'})"))
         return float("nan")
     except Exception as e:
         message = record_failure(dict_cfg, e)
         log.error("job failed: %s", message)
-        if dict_cfg.get("fail_fast"):
-            raise UserError(f"{message}\nstopping the sweep at its first failure (fail_fast=true)") from None
+        if dict_cfg.get("fail_fast"):  # exits (SystemExit): a launcher would record an exception and go on
+            with contract():
+                raise UserError(f"{message}\nstopping the sweep at its first failure (fail_fast=true)") from None
         return float("nan")  # an Optuna sweep records the trial as failed
 
 

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -245,6 +246,8 @@ def leave_as_found(run_dir: Path, log_size: int, made_at_start=MADE_AT_START, lo
         if log_size == 0 and only_start_files(run_dir, made_at_start):
             unlock(run_dir)
             shutil.rmtree(run_dir)
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name) and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()  # outputs/<date>/, made for it by the default layout
         elif (run_dir / log).is_file():
             os.truncate(run_dir / log, log_size)
     except OSError:

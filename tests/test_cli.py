@@ -140,6 +140,8 @@ ERRORS = [  # (overrides, what the message must say, set-up of files in the work
     (["seed=abc"], "seed=abc is not allowed: an integer", None),
     (["+experiment=dropot"], "experiment=dropot is not an option of `experiment`, which has: dropout,", None),
     (["-m", "model.dropout=0.0,abc"], "model.dropout=abc is not allowed: a number", None),
+    (["-m", "model=alexnet_cifar", "model.input_size=32,8"], "alexnet_cifar needs inputs of at least 15x15", None),
+    (["hydra.run.dir=outputs/earlier/metrics.jsonl"], "is a file. Fix: hydra.run.dir=PATH naming a folder", None),
     (["-m", "model.dropout=0.0,0.5", "--cfg", "job"], "-m and --cfg do not go together", None),
     (["model.dropout=[1"], "Fix the override's syntax", None),
     (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'", None),
@@ -192,6 +194,7 @@ def test_user_errors_exit_cleanly(cli, overrides, message, setup):
     assert "Traceback" not in output
     assert (earlier / "metrics.jsonl").read_text() == "{}\n"  # no earlier run touched
     assert not list(cli.cwd.glob("outputs/*/*/checkpoints")) and not list(cli.cwd.glob("outputs/*/*/wandb"))
+    assert not list(cli.cwd.glob("outputs/2*")) and not (cli.cwd / "multirun").exists()  # no run dir left behind
 
 
 def test_cuda_requested_without_cuda(cli):

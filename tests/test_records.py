@@ -528,7 +528,9 @@ def test_a_report_leaves_out_a_damaged_run_and_says_why(tmp_path, capsys):
     assert "damaged (unreadable .hydra/config.yaml" in capsys.readouterr().err
     assert (tmp_path / "report" / "report.md").is_file()
     (tmp_path / "a-file").write_text("")
-    assert report([str(tmp_path / "runs"), "--out", str(tmp_path / "a-file")]) == 2
+    with pytest.raises(SystemExit) as refused:
+        report([str(tmp_path / "runs"), "--out", str(tmp_path / "a-file")])
+    assert refused.value.code == 2
     assert "error: cannot write the report to" in capsys.readouterr().err
 
 
@@ -544,11 +546,13 @@ def test_a_stopped_sweep_job_names_the_sweep_dir_to_resume_with(caplog):
 
     run = types.SimpleNamespace(
         state=types.SimpleNamespace(epoch=0, step=7), cfg=to_typed(compose(SMALL)),
-        ctx=RunContext(Path("multirun/d/t/0"), sweep_dir="multirun/d/t"),
+        ctx=RunContext(Path("multirun/d/t/0"), sweep_dir="multirun/d/t",
+                       command="python -m alexnet.run -m model.dropout=0,0.5 hydra.sweep.dir=old"),
         checkpoints=types.SimpleNamespace(folder=Path("multirun/d/t/0/checkpoints")))
     with caplog.at_level(logging.WARNING, logger="alexnet"), pytest.raises(SystemExit):
         stop(run, Signals())
-    assert "run the same command with hydra.sweep.dir=multirun/d/t to resume" in caplog.records[-1].getMessage()
+    assert ("run the same command with hydra.sweep.dir=multirun/d/t: python -m alexnet.run -m model.dropout=0,0.5 "
+            "hydra.sweep.dir=multirun/d/t to resume") in caplog.records[-1].getMessage()
 
 
 def test_a_config_that_cannot_fit_the_device_is_refused_before_anything_is_allocated(tmp_path, monkeypatch):

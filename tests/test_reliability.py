@@ -250,21 +250,22 @@ def test_skip_mode_trains_through_counts_and_never_tests_a_broken_model(tmp_path
 
 
 def test_multirun_records_a_failed_job_and_runs_the_rest(tmp_path):
+    # lr=1e30 passes every check (it is finite) and fails in training: the sweep's pre-check cannot catch it
     result = run_cli("run", ["-m", *TINY, "debug=smoke", "data.train_size=600", "data.val_size=100",
-                             "model.input_size=8,32"], tmp_path)
+                             "optimizer.lr=1e30,0.001"], tmp_path)
     assert result.returncode == 1
     assert "1 job(s) of this sweep failed" in result.stderr
-    assert "job 0 (" in result.stderr and "model.input_size=8" in result.stderr
-    assert "alexnet_cifar needs inputs of at least 15x15" in result.stderr and "Traceback" not in result.stderr
+    assert "job 0 (" in result.stderr and "optimizer.lr=1e+30" in result.stderr
+    assert "non-finite training loss" in result.stderr and "Traceback" not in result.stderr
     (sweep,) = tmp_path.glob("multirun/*/*")
     failure = json.loads((sweep / "0" / "failure.json").read_text())
-    assert "model.input_size=8" in failure["overrides"] and "15x15" in failure["error"]
+    assert "optimizer.lr=1e+30" in failure["overrides"] and "non-finite" in failure["error"]
     assert records(sweep / "1")[-1] == {"_exit": 0}  # the other job finished
 
 
 def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
     result = run_cli("run", ["-m", *TINY, "debug=smoke", "data.train_size=600", "data.val_size=100",
-                             "model.input_size=8,32", "fail_fast=true"], tmp_path)
+                             "optimizer.lr=1e30,0.001", "fail_fast=true"], tmp_path)
     assert result.returncode == 2 and "stopping the sweep at its first failure" in result.stderr
     (sweep,) = tmp_path.glob("multirun/*/*")
     assert not (sweep / "1").exists()
@@ -305,9 +306,9 @@ def test_a_run_resumes_in_another_precision_with_a_fresh_scaler(caplog):
 def test_checkpoints_written_in_the_background_hold_the_state_at_save_time(tmp_path):
     writer = CheckpointWriter()
     weights = torch.zeros(1000)
-    writer.save(tmp_path / "last.pt", {"model": {"w": weights}, "step": 1})
+    writer.save(tmp_path / "last.pt", {"model": {"w": weights}, "config": {}, "step": 1})
     weights += 1  # training goes on while the checkpoint is written
-    writer.save(tmp_path / "last.pt", {"model": {"w": weights}, "step": 2})  # waits for the first, keeps it as prev
+    writer.save(tmp_path / "last.pt", {"model": {"w": weights}, "config": {}, "step": 2})  # waits for the first, keeps it as prev
     writer.wait()
     assert load_checkpoint(tmp_path / "last.pt")["model"]["w"].eq(1).all()
     assert load_checkpoint(tmp_path / "last.prev.pt")["model"]["w"].eq(0).all()

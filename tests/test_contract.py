@@ -1,0 +1,152 @@
+"""The error contract at its edges: Ctrl-C before training and a second Ctrl-C within it, a joblib sweep stopped
+from the terminal and resumed, run dirs that cannot be made, files that are not checkpoints, and the run dir a
+refused or interrupted run leaves behind (none, or the one it found, as it was)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from alexnet import rundir
+from alexnet.errors import RunDirRefused
+
+# A Ctrl-C at a chosen moment, as a terminal sends it (SIGINT to the process group): sitecustomize patches a
+# function of alexnet.training, in every process of the command (joblib's workers too), to send it first.
+SITECUSTOMIZE = textwrap.dedent('''
+    import os, signal, time
+    from pathlib import Path
+    where, times = os.environ["CTRL_C_AT"], int(os.environ.get("CTRL_C_TIMES", "1"))
+    together = int(os.environ.get("CTRL_C_WHEN_PROCESSES_THERE", "1"))  # for a sweep: all its running jobs
+    import alexnet.training as training
+    original = getattr(training, where)
+    def interrupted(*args, **kwargs):
+        there = Path(os.environ["CTRL_C_DIR"])
+        (there / str(os.getpid())).touch()
+        if len(list(there.iterdir())) == together:
+            for _ in range(times):
+                os.killpg(0, signal.SIGINT)
+                time.sleep(0.2)  # two signals at once would be one
+        return original(*args, **kwargs)
+    setattr(training, where, interrupted)
+''')
+
+
+def run_with_ctrl_c(tmp_path: Path, args: list[str], at: str, times: int = 1, processes: int = 1,
+                    timeout: int = 240):
+    hook = tmp_path / "hook"
+    (hook / "entered").mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**os.environ, "CTRL_C_AT": at, "CTRL_C_TIMES": str(times), "CTRL_C_WHEN_PROCESSES_THERE": str(processes),
+           "CTRL_C_DIR": str(hook / "entered"), "WANDB_SILENT": "true",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("WANDB_MODE", None)
+    # Its own process group with Ctrl-C's default action, as a command typed in a terminal has.
+    return subprocess.run([sys.executable, "-m", "alexnet.run", *args], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=timeout, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_while_the_data_loads_is_one_line_and_leaves_no_run_dir(tmp_path):
+    result = run_with_ctrl_c(tmp_path, [*TINY, "debug=smoke"], at="load_dataset")
+    assert result.returncode == 130, result.stderr
+    assert "error: interrupted (Ctrl-C) before training began: nothing was trained" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not list(tmp_path.glob("outputs/*/*")), list(tmp_path.glob("outputs/*/*"))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_where_the_last_checkpoint_is(tmp_path):
+    result = run_with_ctrl_c(tmp_path, [*TINY, "debug=smoke"], at="train_one_epoch", times=2)
+    assert result.returncode == 130, result.stderr
+    assert "stopped at once by a second Ctrl-C, without a new checkpoint" in result.stderr
+    assert "To resume from it, run the same command again" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    run_dir, = tmp_path.glob("outputs/*/*")
+    assert (run_dir / ".hydra" / "config.yaml").is_file()  # it had begun: its record stays
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_joblib_sweep_checkpoints_every_running_job_and_the_sweep_resumes(tmp_path):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "debug=smoke",
+            "trainer.limit_batches=1000", "trainer.checkpoint_every_n_steps=5000", "model.dropout=0.0,0.5,0.25"]
+    stopped = run_with_ctrl_c(tmp_path, args, at="train_one_epoch", processes=2)  # both running jobs training
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    line = next(l for l in stopped.stderr.splitlines() if l.startswith("error: the sweep was stopped by Ctrl-C"))
+    command = line.split("To resume it: ", 1)[1]
+    sweep_dir = Path(tmp_path, command.rsplit("hydra.sweep.dir=", 1)[1])
+    started = [j for j in sweep_dir.iterdir() if (j / "checkpoints" / "last.pt").is_file()]
+    assert len(started) == 2  # both running jobs checkpointed before they stopped; the third never started
+    assert not (sweep_dir / "2" / "checkpoints").exists()
+
+    env = {**os.environ, "WANDB_SILENT": "true", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("WANDB_MODE", None)
+    assert command.startswith("python -m alexnet.run -m ")
+    resumed = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, env=env, text=True,
+                             capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # (without the hook: no Ctrl-C this time)
+    for job in started:
+        assert "resuming from" in (job / "run.log").read_text()
+    assert all((sweep_dir / j / "test_results.json").is_file() for j in ("0", "1", "2"))
+
+
+@pytest.mark.parametrize("setup,override,message", [
+    (lambda d: (d / "afile").write_text(""), "hydra.run.dir=afile", "the run dir afile cannot be made: afile is a file"),
+    (lambda d: (d / "afile").write_text(""), "hydra.run.dir=afile/run", "is a file. Fix: hydra.run.dir=PATH"),
+    (lambda d: (d / "afile").write_text(""), "hydra.sweep.dir=afile", "the sweep dir afile cannot be made"),
+    (lambda d: torch.save(torch.zeros(3), d / "t.pt"), "trainer.resume=t.pt",
+     "t.pt is not a checkpoint written by alexnet.run (it holds a Tensor"),
+    (lambda d: torch.save({"a": 1}, d / "t.pt"), "trainer.resume=t.pt", "(it holds keys ['a']"),
+])
+def test_run_dirs_that_cannot_be_made_and_files_that_are_not_checkpoints(cli, setup, override, message):
+    setup(cli.cwd)
+    args = ["-m", "model.dropout=0.0,0.5"] if override.startswith("hydra.sweep") else []
+    result = cli(*TINY, "debug=smoke", override, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert "Error executing job" not in result.stderr  # Hydra's own line: the contract is ours alone
+    assert not list(cli.cwd.glob("outputs/*/*")) and not (cli.cwd / "multirun").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (lambda p: torch.save(torch.zeros(3), p), "(it holds a Tensor, not a model and its config)"),
+    (lambda p: torch.save({"a": 1}, p), "(it holds keys ['a']"),
+])
+def test_evaluate_names_a_file_that_is_not_a_checkpoint_and_leaves_no_dir(cli, content, message):
+    content(cli.cwd / "x.pt")
+    result = cli("ckpt=x.pt", "wandb.mode=disabled", module="evaluate")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Fix: pass checkpoints/best.pt or checkpoints/last.pt" in result.stderr
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    assert not list(cli.cwd.glob("outputs/**/*.log")) and not list(cli.cwd.glob("outputs/*/*/*"))
+
+
+def test_a_refused_resume_leaves_the_run_dir_and_its_log_as_they_were(cli):
+    first = cli(*TINY, "debug=smoke", "hydra.run.dir=run")
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in (cli.cwd / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+    refused = cli(*TINY, "debug=smoke", "hydra.run.dir=run", "optimizer.lr=0.5")
+    assert refused.returncode == 2 and "cannot resume" in refused.stderr
+    after = {p: p.read_bytes() for p in (cli.cwd / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # run.log too: the refused attempt's lines are taken back
+
+
+def test_a_read_only_place_for_the_run_dir_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(RunDirRefused, match=f"the run dir {tmp_path}/run cannot be written: {tmp_path} is read-only"):
+        rundir.check_can_make(tmp_path / "run")
+    with pytest.raises(RunDirRefused, match="the sweep dir .* cannot be written"):
+        rundir.check_can_make(tmp_path / "sweep", "hydra.sweep.dir")
+
+
+def test_printing_hydras_config_resolved_makes_no_run_dir(cli):
+    result = cli("--cfg", "hydra", "--resolve")
+    assert result.returncode == 0, result.stderr
+    assert "dir: outputs/" in result.stdout and not (cli.cwd / "outputs").exists()
