@@ -65,8 +65,13 @@ def train(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | Non
         run_dir = hydra_node.run.dir  # the resolver picks (and locks) it, as for the CLI
     notes, rundir.NOTES[:] = list(rundir.NOTES), []
     ctx = RunContext(Path(run_dir), overrides, experiment=hydra_node.runtime.choices.get("experiment"), notes=notes)
+    found = rundir.snapshot(ctx.run_dir)
     try:
         with run_log(ctx.run_dir):
             return train_run(cfg, ctx)
+    except BaseException:
+        if not ctx.recorded:  # refused, or stopped before it began: the run dir as it was (none, if it was new)
+            rundir.leave_as_found(ctx.run_dir, found)
+        raise
     finally:
         rundir.unlock(ctx.run_dir)  # also when the run never started

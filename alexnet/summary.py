@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import torch
 import torchinfo
 from torch import nn
 
@@ -25,7 +26,7 @@ class LayerRow:
 def layer_rows(model: nn.Module, input_size: int) -> list[LayerRow]:
     """Leaf layers in execution order. Flatten is left out: the seed reshaped with `view`, not a layer."""
     stats = torchinfo.summary(model, input_size=(1, input_channels(model), input_size, input_size), verbose=0,
-                              device="cpu")
+                              device=next(model.parameters()).device)
     leaves = [layer for layer in stats.summary_list if not layer.children and layer.class_name != "Flatten"]
     return [LayerRow(f"{layer.class_name}-{i}", tuple(layer.output_size[1:]), layer.num_params)
             for i, layer in enumerate(leaves, start=1)]
@@ -64,8 +65,10 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def main(argv: list[str]) -> None:
     cfg = to_typed(compose(argv))
-    # The table is of the network alone, so the class count is CIFAR-10's, as in the seed.
-    model = model_from_config(cfg.model, num_classes=10)
+    # The table is of the network alone, so the class count is CIFAR-10's, as in the seed. Built on the meta
+    # device: shapes and counts without memory (model.width=16 has 12 billion parameters).
+    with torch.device("meta"):
+        model = model_from_config(cfg.model, num_classes=10)
     print(f"model={cfg.model.arch} input_size={cfg.model.input_size} width={cfg.model.width} "
           f"lrn={cfg.model.lrn} final_relu={cfg.model.final_relu}"
           + (f" input_channels={cfg.model.input_channels}" if cfg.model.input_channels != 3 else ""))

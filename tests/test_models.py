@@ -205,3 +205,11 @@ def test_the_memory_estimate_counts_the_parameters_the_model_has(arch, width):
         params, need = training_bytes(spec, size, width, 10, 64)
         assert params == count_parameters(build_model(arch, 10, size, width=width))
         assert need > 4 * params * 4  # weights, gradients, momentum, best weights: and the activations on top
+
+
+def test_summary_of_a_huge_width_needs_no_memory(capsys):
+    """model.width=16 has 12 billion parameters (48 GB): the table is built on the meta device."""
+    from alexnet.summary import main
+
+    main(["model.width=16"])
+    assert "Total params: 11,957,229,578" in capsys.readouterr().out
