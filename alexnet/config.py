@@ -223,7 +223,8 @@ class SchedulerConfig:
     warmup_epochs: float = 0.0  # linear warmup from ~0 to optimizer.lr over this many epochs
 
     def __post_init__(self) -> None:
-        _check(self.warmup_epochs >= 0, "scheduler.warmup_epochs", self.warmup_epochs, "a float >= 0")
+        _check(0 <= self.warmup_epochs <= 10_000, "scheduler.warmup_epochs", self.warmup_epochs,
+               "a number of epochs in [0, 10000]")
 
 
 @dataclass

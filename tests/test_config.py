@@ -95,6 +95,7 @@ def test_defaults_are_the_documented_ones():
     (["data.crop_padding=33"], "data.crop_padding=33 is not allowed: an integer from 0 to the image side (32)"),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1"),
     (["trainer.epochs=0"], "trainer.epochs=0"),
+    (["scheduler.warmup_epochs=1e308"], "scheduler.warmup_epochs=1e+308 is not allowed"),  # a fuzzer's finding
     (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'"),
 ])
 def test_out_of_range_values_fail(overrides, message):
