@@ -185,7 +185,7 @@ def load_resume_path(path: Path) -> dict:
     try:
         return load_checkpoint(path)
     except CheckpointError as e:
-        raise CheckpointError(f"cannot resume: {e}. Fix: trainer.resume=<run dir>/checkpoints/last.pt of a run "
+        raise type(e)(f"cannot resume: {e}. Fix: trainer.resume=<run dir>/checkpoints/last.pt of a run "
                               f"(or its last.prev.pt), or trainer.resume=never to start afresh.") from e
 
 
