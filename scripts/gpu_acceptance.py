@@ -216,9 +216,15 @@ def probe_environment(acc: Acceptance) -> dict:
     info["driver"] = command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     info["nvidia_smi"] = command_output(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,power.limit",
                                          "--format=csv,noheader"])
-    commit = command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"]) or os.environ.get("ALEXNET_COMMIT")
-    dirty = command_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
-    info["commit"] = (commit or "unknown (no git here: set ALEXNET_COMMIT)") + (" (uncommitted changes)" if dirty else "")
+    # ALEXNET_COMMIT first: the device's copy of the working tree carries a .git of an older commit, whose
+    # HEAD and status describe that commit, not the files that run.
+    if os.environ.get("ALEXNET_COMMIT"):
+        info["commit"] = f"{os.environ['ALEXNET_COMMIT']} (as given by ALEXNET_COMMIT)"
+    else:
+        commit = command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"])
+        dirty = command_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+        info["commit"] = (commit or "unknown (no git here: set ALEXNET_COMMIT)") + (" (uncommitted changes)" if dirty
+                                                                                    else "")
     info["host_cpus"] = len(os.sched_getaffinity(0))
     return info
 
