@@ -17,6 +17,10 @@ and reports the median. Images are random uint8 at CIFAR-10's 32x32: no step's c
 """
 from __future__ import annotations
 
+from alexnet.errors import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting(__name__)  # before the heavy imports below
+
 import argparse
 import dataclasses
 import gc

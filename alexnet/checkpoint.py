@@ -127,7 +127,7 @@ class CheckpointWriter:
         self.wait()
         host_state = to_host(state)
         self._thread = threading.Thread(target=self._write, args=(path, host_state, keep_previous),
-                                        name=f"checkpoint {path.name}", daemon=True)
+                                        name=f"checkpoint {path.name}")  # not a daemon: exit waits for it
         self._thread.start()
 
     def _write(self, path: Path, state: dict, keep_previous: bool) -> None:

@@ -17,9 +17,10 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from alexnet.archs import ARCHS, min_input_size
-from alexnet.errors import ConfigError
+from alexnet.errors import ConfigError, first_line
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -394,8 +395,12 @@ def to_typed(cfg: DictConfig) -> Config:
         return OmegaConf.to_object(cfg)
     except ConfigError:
         raise
-    except Exception as e:  # OmegaConf's own errors: a missing mandatory value, a bad interpolation
-        raise ConfigError(f"{e}. Fix: give it a value on the command line (`key=value`).") from e
+    except InterpolationResolutionError as e:  # ${no.such.key}, ${model.dropout} in model.dropout, ...
+        raise ConfigError(f"{e.full_key}: {first_line(e)}. Fix: interpolate an existing key (`key=${{other.key}}`), "
+                          f"or give a value.") from e
+    except Exception as e:  # OmegaConf's own errors: a missing mandatory value
+        raise ConfigError(f"{first_line(e)} ({getattr(e, 'full_key', '') or 'the config'}). Fix: give it a value on "
+                          f"the command line (`key=value`).") from e
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

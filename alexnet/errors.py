@@ -60,12 +60,16 @@ def user_error_in(error: BaseException) -> UserError | None:
 
 def message_of(error: BaseException) -> str | None:
     """The contract's message for `error`, or None when it is not the user's to fix (a bug)."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     ours = user_error_in(error)
     if ours is not None:
         return str(ours)
+    if isinstance(error, MissingConfigException) and error.options:  # `model=resnet`: name the options
+        from alexnet.overrides import explain
+
+        return explain(error, "", [])
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         message, cause = str(error), error.__cause__
         while cause is not None:  # Hydra wraps the informative OmegaConf error
@@ -83,11 +87,25 @@ def exit_at_once_on_ctrl_c() -> None:
 _USER_FULL_ERROR: list[str | None] = []  # HYDRA_FULL_ERROR as the user set it, while a contract runs
 
 
+def _interrupted_while_starting(signum, frame) -> None:
+    os.write(2, b"error: interrupted (Ctrl-C) while starting: nothing was done\n")
+    os._exit(INTERRUPTED)
+
+
+def quiet_ctrl_c_while_starting(module: str) -> None:
+    """Called first by a command's module (`__main__`): a Ctrl-C while the heavy imports run (torch, Hydra: a
+    second or two) ends with one line, not a traceback through them. `contract` takes over from there."""
+    if module == "__main__" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
 @contextlib.contextmanager
 def contract(interrupted: str = "interrupted (Ctrl-C)") -> Iterator[None]:
     """Run a command under the contract (see the module doc). `interrupted` is the line a Ctrl-C prints.
     Contracts nest (Hydra's task function has its own, so that Hydra adds nothing to our message)."""
     outermost = not _USER_FULL_ERROR
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt again
     user_set = os.environ.get("HYDRA_FULL_ERROR") if outermost else _USER_FULL_ERROR[0]
     _USER_FULL_ERROR.append(user_set)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its report and exiting 1

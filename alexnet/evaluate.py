@@ -7,6 +7,10 @@ accuracy and the confusion matrix, and logs them as a W&B run with job_type=eval
 """
 from __future__ import annotations
 
+from alexnet.errors import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting(__name__)  # before the heavy imports below
+
 import logging
 import sys
 from pathlib import Path
@@ -82,6 +86,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
              ckpt.get("val_acc", float("nan")), run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))
 
+    cfg.data.val_size = 1  # only the test split is scored: no train/val split can be in the way (tiny data sets)
     data = load_dataset(cfg.data)
     if data.classes != ckpt["classes"]:  # the same names in the same order: else the scores mean nothing
         raise UserError(f"the checkpoint was trained on classes {ckpt['classes']} but data={cfg.data.name} has "
@@ -152,10 +157,22 @@ def hydra_main(dict_cfg: DictConfig) -> float:
             raise
 
 
+def checkpoint_argument(argv: list[str]) -> str | None:
+    """The value of `ckpt=` as Hydra reads it (`ckpt='a=b/best.pt'` is the path a=b/best.pt), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for argument in (a for a in argv if _key(a) == "ckpt"):
+        try:
+            return str(OverridesParser.create().parse_override(argument).value())
+        except Exception:  # the override check names the syntax error
+            return None
+    return None
+
+
 def main() -> None:
     """Compose with the checkpoint's data option, so that `data.KEY=VALUE` adjusts the checkpoint's own data."""
     argv = sys.argv[1:]
-    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt=")), None)
+    ckpt = checkpoint_argument(argv)
     if ckpt and "data" not in map(_key, argv):
         try:
             name = load_checkpoint(Path(ckpt), mmap=True)["config"]["data"]["name"]

@@ -11,12 +11,14 @@ import functools
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+import yaml
 
 from alexnet.config import compose, to_typed
-from alexnet.errors import ConfigError, first_line
+from alexnet.errors import ConfigError, RunDirRefused, first_line
 from alexnet.rundir import check_can_make
 
 # Hydra flags after which the next argument is the flag's value, not an override
@@ -73,7 +75,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], bool] | None:
             skip = False
         elif arg.split("=", 1)[0] in HYDRA_ONLY:
             return None
-        elif arg in ("-m", "--multirun"):
+        elif arg in ("-m", "--multirun", "hydra.mode=MULTIRUN"):
             multirun = True
             if any(a.split("=", 1)[0] in ("--cfg", "-c") for a in argv):
                 raise ConfigError("-m and --cfg do not go together: a multirun runs many configs, --cfg prints "
@@ -91,16 +93,21 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(f"{first_line(e)}. Fix the override's syntax (`key=value`).") from e
+        raise ConfigError(f"{first_line(e)}. Fix the override's syntax (`key=value`; quote a value that holds `=`, "
+                          f"`,` or spaces: key='a=b,c'; to sweep the values of key=a,b, add -m).") from e
     if not multirun:
+        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        if sweeps:
+            raise ConfigError(f"{sweeps[0]} is a sweep, but this is a single run. Fix: add -m to run one job per "
+                              f"value, or write a list value as key=[a,b].")
         return [overrides]
     first, alternatives = [], []
     for o in parsed:
-        if o.is_sweep_override() and o.is_discrete_sweep():
+        if o.is_sweep_override() and o.is_discrete_sweep() and not isinstance(o.value(), Glob):
             values = list(o.sweep_string_iterator())
             first.append(f"{o.get_key_element()}={values[0]}")
             alternatives += [(len(first) - 1, f"{o.get_key_element()}={v}") for v in values[1:]]
-        elif o.is_sweep_override():  # a range for a search (Optuna's interval): its sweeper checks it
+        elif o.is_sweep_override():  # interval() for a search, glob(): the sweeper expands and checks them
             continue
         else:
             first.append(o.input_line)
@@ -113,6 +120,11 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 def diagnose(error: Exception, overrides: list[str], config_name: str = "config") -> ConfigError:
     """Our error for Hydra's or OmegaConf's composition `error`, naming the override that caused it."""
     culprit = next((o for o in overrides if _names(o, error)), overrides[-1] if overrides else "")
+    removed = [o[1:].split("=")[0] for o in overrides if o.startswith("~")]
+    group = next((g for g in removed if culprit.lstrip("+").startswith(f"{g}.")), None)
+    if group:  # `~model model.width=0.5`: the field's group is gone
+        return ConfigError(f"~{group} removes the {group} group, but {culprit} sets a field of it. Fix: drop "
+                           f"~{group} (a run needs a {group}), or the {group}.* overrides.")
     return ConfigError(explain(error, culprit, known_keys(config_name)))
 
 
@@ -142,6 +154,34 @@ def check(argv: list[str], config_name: str = "config") -> None:
             to_typed(job)  # the value bounds (a seed outside [0, 2**32), model.width=inf, ...)
         if overrides is checks[0] and not any(a in ("--cfg", "-c") for a in argv):
             check_output_dir(cfg, multirun=split[1])
+            if split[1]:
+                check_same_sweep(Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))), split[0])
+
+
+def check_same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
+    """A sweep dir given again must be resumed with its own overrides (up to what a resume may change), or one
+    study dir would mix two sweeps and its multirun.yaml would be overwritten."""
+    from alexnet.config import normalize_override
+    from alexnet.resume import MAY_CHANGE
+
+    try:
+        recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+        before_parsed = OverridesParser.create().parse_overrides([normalize_override(o) for o in recorded])
+    except (OSError, TypeError, KeyError, yaml.YAMLError, HydraException):
+        return  # a new sweep dir, or no readable record: each job's own checks decide
+    def kept(parsed) -> dict[str, str]:  # the parsed value (spelling does not matter) -> the override as typed
+        return {f"{o.get_key_element()}={o.value()!r}": o.input_line for o in parsed
+                if not any(o.get_key_element() == f or (f.endswith(".") and o.get_key_element().startswith(f))
+                           for f in (*MAY_CHANGE, "trainer.resume")) and not o.get_key_element().startswith("hydra.")}
+    before = kept(before_parsed)
+    now = kept(OverridesParser.create().parse_overrides([normalize_override(o) for o in overrides]))
+    if before.keys() != now.keys():
+        there = [before[k] for k in sorted(before.keys() - now.keys())]
+        here = [now[k] for k in sorted(now.keys() - before.keys())]
+        raise RunDirRefused(
+            f"the sweep dir {sweep_dir} holds a sweep of other overrides (only there: {' '.join(there) or 'none'}; "
+            f"only now: {' '.join(here) or 'none'}), and one study dir cannot hold both. Fix: give its own "
+            f"overrides to resume it, or a new hydra.sweep.dir=PATH for this sweep.")
 
 
 def check_output_dir(cfg: DictConfig, multirun: bool) -> None:

@@ -7,6 +7,10 @@ reads the runs from the server and also saves a W&B Report with the same compari
 """
 from __future__ import annotations
 
+from alexnet.errors import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting(__name__)  # before the heavy imports below
+
 import argparse
 import base64
 import html

@@ -7,6 +7,10 @@ valid, so a mistyped override fails in well under a second.
 """
 from __future__ import annotations
 
+from alexnet.errors import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting(__name__)  # before the heavy imports below
+
 import json
 import logging
 import os
@@ -69,6 +73,8 @@ class SweepSummary(Callback):
         import shutil
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():  # removed again if the sweep is stopped before any job began
+            rundir.MADE_SWEEPS.append(sweep_dir)
         shutil.rmtree(sweep_dir / REFUSED, ignore_errors=True)  # an earlier invocation's
         (sweep_dir / STOPPING).unlink(missing_ok=True)
         if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_")):  # see in_worker_process

@@ -26,6 +26,7 @@ from alexnet.errors import RunDirRefused
 _HELD: dict[Path, int] = {}  # run dir -> the open lock file: this process's locks
 NOTES: list[str] = []  # what choosing the run dir found, for the run's log (logging is not set up yet then)
 MADE: list[Path] = []  # the fresh run dirs `choose_run_dir` made in this process
+MADE_SWEEPS: list[Path] = []  # the sweep dirs a multirun of this process made
 _CHOSEN: dict[tuple, str] = {}  # choose_run_dir's arguments -> its answer, in this process
 NAME_ONLY = False  # set by commands that train nothing (--cfg, alexnet.evaluate): the resolver makes no dir
 
@@ -119,7 +120,11 @@ def interrupted_runs(root: str, overrides) -> list[Path]:
 
 def check_can_make(run_dir: Path, key: str = "hydra.run.dir") -> None:
     """Refuse, before Hydra makes it, a run dir that is a file, lies under a file, or cannot be written."""
-    run_dir, what = Path(run_dir), "the sweep dir" if "sweep" in key else "the run dir"
+    what = "the sweep dir" if "sweep" in key else "the run dir"
+    if str(run_dir).strip() in ("", "."):  # the record would land in the working directory itself
+        raise RunDirRefused(f"{key}={str(run_dir)!r} would write the record into the working directory itself. "
+                            f"Fix: {key}=PATH naming a folder of its own.")
+    run_dir = Path(run_dir)
     existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise RunDirRefused(f"{what} {run_dir} cannot be made: {existing} is a file. Fix: {key}=PATH "
@@ -231,10 +236,12 @@ MADE_AT_START = {".lock", "run.log", "checkpoints"}
 
 
 def only_start_files(run_dir: Path, made_at_start=MADE_AT_START) -> bool:
-    """The run dir holds nothing but what a job's start made."""
-    checkpoints = run_dir / "checkpoints"
-    return ({p.name for p in run_dir.iterdir()} <= set(made_at_start)
-            and (not checkpoints.is_dir() or not any(checkpoints.iterdir())))
+    """The run dir holds nothing but what a job's start made (and empty folders: a record begun, not written)."""
+    def empty_folder(p: Path) -> bool:
+        return p.is_dir() and not any(p.iterdir())
+
+    return all(empty_folder(p) if p.name == "checkpoints" or p.name not in made_at_start else True
+               for p in run_dir.iterdir())
 
 
 def leave_as_found(run_dir: Path, log_size: int, made_at_start=MADE_AT_START, log: str = "run.log") -> None:
@@ -255,10 +262,14 @@ def leave_as_found(run_dir: Path, log_size: int, made_at_start=MADE_AT_START, lo
 
 
 def remove_unstarted() -> None:
-    """Remove the run dirs this process made for a run that never began."""
+    """Remove the run dirs (and sweep dirs) this process made for runs that never began."""
     for run_dir in MADE:
         if run_dir.is_dir() and only_start_files(run_dir):
             leave_as_found(run_dir, 0)
+    for sweep_dir in MADE_SWEEPS:  # stopped at launch: Hydra's multirun.yaml, and jobs that never began
+        if sweep_dir.is_dir() and all(p.name == "multirun.yaml" or (p.is_dir() and only_start_files(p))
+                                      for p in sweep_dir.iterdir()):
+            shutil.rmtree(sweep_dir, ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

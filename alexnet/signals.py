@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 
-from alexnet.errors import StopNow
+from alexnet.errors import StopNow, exit_at_once_on_ctrl_c
 
 log = logging.getLogger("alexnet")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -40,9 +40,12 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if self.signum is not None:  # stopping: a Ctrl-C while W&B finishes ends the process, quietly
+            exit_at_once_on_ctrl_c()
 
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            exit_at_once_on_ctrl_c()  # a third ends the process, while W&B and the last write finish
             raise StopNow("stopped at once by a second Ctrl-C, without a new checkpoint")
         self.signum = signum
         then = "submitit requeues the job" if signum in self._requeue else "run the same command again to resume"

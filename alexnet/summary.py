@@ -5,6 +5,10 @@ rows the same way, so `model=alexnet` can be compared with the seed's table line
 """
 from __future__ import annotations
 
+from alexnet.errors import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting(__name__)  # before the heavy imports below
+
 import sys
 from dataclasses import dataclass
 
@@ -13,6 +17,7 @@ import torchinfo
 from torch import nn
 
 from alexnet.config import compose, to_typed
+from alexnet.errors import ConfigError
 from alexnet.models import model_from_config
 
 
@@ -64,6 +69,13 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def main(argv: list[str]) -> None:
+    if "--help" in argv or "-h" in argv:
+        print(__doc__.strip())
+        return
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"alexnet.summary takes overrides only (model=..., model.KEY=VALUE), not {flags[0]}. Fix: "
+                          f"drop it; `python -m alexnet.run --cfg job` prints a whole config.")
     cfg = to_typed(compose(argv))
     # The table is of the network alone, so the class count is CIFAR-10's, as in the seed. Built on the meta
     # device: shapes and counts without memory (model.width=16 has 12 billion parameters).

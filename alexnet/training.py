@@ -420,8 +420,10 @@ def how_to_resume(ctx: RunContext, resume: str) -> str:
 def interrupted(ctx: RunContext, resume: str, again: bool) -> str:
     """What a Ctrl-C that stopped the run at once left behind, and how to go on."""
     if not ctx.recorded:
-        return ("interrupted (Ctrl-C) before training began: nothing was trained, and the run dir is left as it "
-                "was. Run the same command again to start it.")
+        again = f"To go on with the sweep, {how_to_resume(ctx, resume)}." if ctx.sweep_dir else \
+            "Run the same command again to start it."
+        return (f"interrupted (Ctrl-C) before training began: nothing was trained, and the run dir is left as it "
+                f"was. {again}")
     return (f"{'stopped at once by a second Ctrl-C' if again else 'interrupted (Ctrl-C)'}, without a new "
             f"checkpoint: {ctx.run_dir / 'checkpoints'} keeps the last one, if any. To resume from it, "
             f"{how_to_resume(ctx, resume)}.")

@@ -497,13 +497,15 @@ def test_a_sweep_run_again_with_one_value_changed_leaves_every_job_as_it_was(tmp
     sweep = ["-m", *SMALL, "model.dropout=0.0,0.25", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     assert run_cli("run", sweep, tmp_path).returncode == 0
     jobs = [tmp_path / "sweep" / str(n) for n in (0, 1)]
-    before = [snapshot(job) for job in jobs]
+    before = [{**snapshot(job), "run.log": (job / "run.log").read_bytes()} for job in jobs]
+    multirun_yaml = (tmp_path / "sweep" / "multirun.yaml").read_text()
     again = run_cli("run", [*sweep[:-2], "model.dropout=0.0,0.5", sweep[-1]], tmp_path)
-    assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert "1 job(s) of this sweep failed" in again.stderr and "model.dropout: 0.25 in the checkpoint, 0.5 now" \
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "holds a sweep of other overrides (only there: model.dropout=0.0,0.25; only now: model.dropout=0.0,0.5)" \
         in again.stderr
-    assert [snapshot(job) for job in jobs] == before  # job 0 finished already, job 1 refused: both untouched
-    assert json.loads((tmp_path / "sweep" / "refused" / "1.json").read_text())["job"] == 1
+    after = [{**snapshot(job), "run.log": (job / "run.log").read_bytes()} for job in jobs]
+    assert after == before  # refused before any job started: run.log too
+    assert (tmp_path / "sweep" / "multirun.yaml").read_text() == multirun_yaml
 
 
 def test_the_api_raises_the_clis_message_for_a_mistyped_override_and_makes_no_run_dir(tmp_path, monkeypatch):
