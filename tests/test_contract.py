@@ -155,3 +155,80 @@ def test_printing_hydras_config_resolved_makes_no_run_dir(cli):
     result = cli("--cfg", "hydra", "--resolve")
     assert result.returncode == 0, result.stderr
     assert "dir: outputs/" in result.stdout and not (cli.cwd / "outputs").exists()
+
+
+# --- what a hostile pass by hand found (each was a traceback, a wrong message or a record that changed) --------
+@pytest.mark.parametrize("argv,message", [
+    (["model.dropout=0.1,0.2"], "model.dropout=0.1,0.2 is a sweep, but this is a single run. Fix: add -m"),
+    (["hydra.mode=MULTIRUN", "model.dropout=0.0,abc"], "model.dropout=abc is not allowed: a number"),
+    (["~model", "model.width=0.5"], "~model removes the model group, but model.width=0.5 sets a field of it"),
+    (["model.dropout=${nonexistent.key}"], "model.dropout: Interpolation key 'nonexistent.key' not found. Fix:"),
+    (["model.dropout=${model.dropout}"], "model.dropout: Recursive interpolation detected. Fix:"),
+    (["hydra.run.dir=''"], "would write the record into the working directory itself"),
+    (["ckpt=a=b/best.pt"], "quote a value that holds `=`"),
+])
+def test_hostile_overrides_get_one_line_naming_the_fix(argv, message):
+    from alexnet.errors import UserError
+    from alexnet.overrides import check
+
+    with pytest.raises(UserError) as refused:
+        check(["data=synthetic", *argv])
+    assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1, str(refused.value)
+
+
+def test_a_quoted_checkpoint_path_is_read_as_hydra_reads_it():
+    from alexnet.evaluate import checkpoint_argument
+
+    assert checkpoint_argument(["ckpt='runs/x=y/best.pt'", "data.root=d"]) == "runs/x=y/best.pt"
+    assert checkpoint_argument(["ckpt=runs/best.pt"]) == "runs/best.pt"
+    assert checkpoint_argument(["data.root=d"]) is None
+
+
+def test_summary_and_bench_name_their_own_mistakes():
+    from hydra.errors import MissingConfigException
+
+    from alexnet.config import compose
+    from alexnet.errors import ConfigError, message_of
+    from alexnet.summary import main as summary
+
+    with pytest.raises(ConfigError, match="alexnet.summary takes overrides only .* not -m"):
+        summary(["-m", "model.dropout=0.1,0.2"])
+    with pytest.raises(MissingConfigException) as missing:  # what alexnet.bench --model=resnet composes
+        compose(["model=resnet"])
+    assert message_of(missing.value) == ("model=resnet is not an option of `model`, which has: alexnet, "
+                                         "alexnet_cifar. Fix: model=<one of them>.")
+
+
+def test_the_checkpoint_writer_is_not_a_daemon_so_exit_waits_for_its_write(tmp_path):
+    from alexnet.checkpoint import CheckpointWriter
+
+    writer = CheckpointWriter()
+    writer.save(tmp_path / "last.pt", {"model": {"w": torch.zeros(3)}, "config": {}})
+    assert writer._thread is not None and not writer._thread.daemon  # a daemon is killed mid-write: SIGABRT
+    writer.wait()
+
+
+IMPORT_HOOK = textwrap.dedent('''
+    import os, signal, sys
+    class CtrlCOnImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == os.environ["CTRL_C_ON_IMPORT"]:
+                sys.meta_path.remove(self)
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+    sys.meta_path.insert(0, CtrlCOnImport())
+''')
+
+
+@pytest.mark.parametrize("module,args,heavy", [("run", ["data=synthetic"], "hydra"), ("evaluate", ["ckpt=x.pt"], "torch"),
+                                               ("report", ["."], "hydra"), ("summary", [], "torch")])
+def test_ctrl_c_during_the_heavy_imports_is_one_line(tmp_path, module, args, heavy):
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(IMPORT_HOOK)
+    env = {**os.environ, "CTRL_C_ON_IMPORT": heavy,
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", f"alexnet.{module}", *args], cwd=tmp_path, env=env, text=True,
+                            capture_output=True, timeout=120,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert result.stderr.strip() == "error: interrupted (Ctrl-C) while starting: nothing was done"
