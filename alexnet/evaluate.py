@@ -77,6 +77,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     trained_run = ckpt.get("run", {})
     overrides = list(HydraConfig.get().overrides.task)
     composed = checkpoint_config(dict_cfg, ckpt["config"], overrides)
+    composed.data.val_size = 1  # only the test split is scored: no train/val split can be in the way (tiny sets)
     cfg = to_typed(composed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = resolve_device(cfg.trainer.device.value)
@@ -86,7 +87,6 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
              ckpt.get("val_acc", float("nan")), run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))
 
-    cfg.data.val_size = 1  # only the test split is scored: no train/val split can be in the way (tiny data sets)
     data = load_dataset(cfg.data)
     if data.classes != ckpt["classes"]:  # the same names in the same order: else the scores mean nothing
         raise UserError(f"the checkpoint was trained on classes {ckpt['classes']} but data={cfg.data.name} has "
