@@ -161,9 +161,11 @@ def run_one(dict_cfg: DictConfig) -> float:
             from alexnet.training import train
 
             return objective(train(cfg, ctx))
-        except BaseException:
+        except BaseException as e:
             if ctx is None or not ctx.recorded:  # refused, or stopped before it began: leave the dir as it was
                 rundir.leave_as_found(run_dir, found)
+            elif not ctx.began and isinstance(e, KeyboardInterrupt):  # Ctrl-C while W&B started: no run
+                rundir.discard_if_made(Path(run_dir))
             raise
 
 

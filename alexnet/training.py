@@ -54,6 +54,7 @@ class RunContext:
     notes: list[str] = field(default_factory=list)  # what choosing the run dir found
     command: str | None = None  # the command line that started it, for "to resume, run ..."
     recorded: bool = False  # set once the run's checks passed and its record is written
+    began: bool = False  # set once W&B is up and the first step is next: before, a Ctrl-C leaves nothing of it
 
     def name(self) -> str:
         """What differs from the defaults, e.g. `optimizer=adam,model.dropout=0.5`."""
@@ -419,11 +420,10 @@ def how_to_resume(ctx: RunContext, resume: str) -> str:
 
 def interrupted(ctx: RunContext, resume: str, again: bool) -> str:
     """What a Ctrl-C that stopped the run at once left behind, and how to go on."""
-    if not ctx.recorded:
+    if not ctx.began:
         again = f"To go on with the sweep, {how_to_resume(ctx, resume)}." if ctx.sweep_dir else \
             "Run the same command again to start it."
-        return (f"interrupted (Ctrl-C) before training began: nothing was trained, and the run dir is left as it "
-                f"was. {again}")
+        return f"interrupted (Ctrl-C) before training began: nothing was trained. {again}"
     return (f"{'stopped at once by a second Ctrl-C' if again else 'interrupted (Ctrl-C)'}, without a new "
             f"checkpoint: {ctx.run_dir / 'checkpoints'} keeps the last one, if any. To resume from it, "
             f"{how_to_resume(ctx, resume)}.")
@@ -537,6 +537,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         with tracked(run, found and found[0]), StopSignals() as signals:
             if found:
                 run.checkpoints.export_best(run)  # best.pt of the history this run continues
+            ctx.began = True
             fit(run, generator_state, signals)
             if dist.active:
                 check_ranks_agree(run)

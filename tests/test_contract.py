@@ -58,8 +58,9 @@ def run_with_ctrl_c(tmp_path: Path, args: list[str], at: str, times: int = 1, pr
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def test_ctrl_c_while_the_data_loads_is_one_line_and_leaves_no_run_dir(tmp_path):
-    result = run_with_ctrl_c(tmp_path, [*TINY, "debug=smoke"], at="load_dataset")
+@pytest.mark.parametrize("at", ["load_dataset", "open_tracker"])  # decoding images; W&B starting (after the record)
+def test_ctrl_c_before_the_first_step_is_one_line_and_leaves_no_run_dir(tmp_path, at):
+    result = run_with_ctrl_c(tmp_path, [*TINY, "debug=smoke"], at=at)
     assert result.returncode == 130, result.stderr
     assert "error: interrupted (Ctrl-C) before training began: nothing was trained" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
