@@ -23,8 +23,15 @@ from alexnet.archs import ARCHS, min_input_size
 from alexnet.errors import ConfigError, first_line
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"
+def shipped(name: str) -> Path:
+    """conf/ or experiments/: inside the package in a wheel (setup.cfg ships them as alexnet/conf, ...), beside it
+    in a checkout (editable installs and tests), where users edit them."""
+    package = Path(__file__).resolve().parent
+    return package / name if (package / name).is_dir() else package.parent / name
+
+
+CONF_DIR = shipped("conf")
+EXPERIMENTS_DIR = shipped("experiments")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
