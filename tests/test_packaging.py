@@ -49,6 +49,18 @@ def test_the_installed_wheel_finds_its_configs_from_another_directory(installed,
     assert typo.returncode == 2 and "Did you mean 'model.dropout'?" in typo.stderr
 
 
+@pytest.mark.parametrize("line,expected", [("alexnet-train model=al", "model=alexnet model=alexnet_cifar"),
+                                           ("alexnet-train optimizer=", "optimizer=adam optimizer=adamw optimizer=sgd"),
+                                           ("alexnet-train +experiment=dr", "+experiment=dropout"),
+                                           ("alexnet-train model.dr", "model.dropout=")])
+def test_shell_completion_of_the_installed_command(installed, tmp_path, line, expected):
+    """What `eval "$(alexnet-train -sc install=bash)"` makes bash ask for at each Tab."""
+    env = {**os.environ, "PYTHONPATH": str(installed), "COMP_LINE": line, "COMP_POINT": str(len(line))}
+    query = subprocess.run([sys.executable, str(installed / "bin" / "alexnet-train"), "-sc", "query=bash"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert query.stdout.split() == expected.split(), query.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_the_installed_wheel_trains_and_scores_through_its_console_scripts(installed, tmp_path):
     trained = run_installed(installed, tmp_path, "alexnet-train", *TINY, "debug=smoke", "hydra.run.dir=run")
