@@ -199,6 +199,39 @@ def _synthetic(cfg) -> tuple[Split, Split, list[str]]:
 SOURCES = {"cifar10": _cifar10, "imagefolder": _imagefolder, "synthetic": _synthetic}
 
 
+def check_data(cfg) -> str:
+    """The data source's checks, without decoding an image (for --validate); returns what it found."""
+    if cfg.name == "synthetic":
+        return f"synthetic: {cfg.train_size} train, {cfg.test_size} test images"
+    if cfg.name == "imagefolder":
+        root = Path(cfg.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.root={cfg.root} does not exist. Fix: point data.root at a folder holding "
+                            f"train/<class>/* and test/<class>/*.")
+        classes, train_files = _list_images(root / "train")
+        test_classes, test_files = _list_images(root / "test")
+        if test_classes != classes:
+            raise DataError(f"{root}/test has classes {test_classes} but {root}/train has {classes}. "
+                            f"Fix: give both splits the same class folders.")
+        n_train = sum(map(len, train_files))
+        if cfg.val_size >= n_train:
+            raise DataError(f"data.val_size={cfg.val_size} leaves no training images ({n_train} in all). "
+                            f"Fix: choose data.val_size < {n_train}.")
+        return (f"imagefolder {root}: {len(classes)} classes, {n_train} train and {sum(map(len, test_files))} "
+                f"test images (not decoded)")
+    from torchvision.datasets import CIFAR10
+
+    if corrupt := _corrupt_cifar_archive(cfg.root):
+        raise DataError(corrupt)
+    if (Path(cfg.root) / CIFAR10.base_folder).is_dir() or (Path(cfg.root) / CIFAR10.filename).is_file():
+        _cifar10(cfg)  # reads the batches, checking their integrity
+        return f"cifar10 in {cfg.root}"
+    if cfg.download:
+        return f"cifar10: not in {cfg.root} yet, downloaded by the first run (about 170 MB)"
+    raise DataError(f"CIFAR-10 is not in data.root={cfg.root} and data.download=false. Fix: pass "
+                    f"data.download=true, or put cifar-10-python.tar.gz there.")
+
+
 def split_train_val(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
     """A fixed random split: the same `seed` holds out the same images whatever the run's seed."""
     if val_size >= len(split):

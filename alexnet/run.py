@@ -208,6 +208,12 @@ def main() -> None:
     # ran W&B itself (a notebook that called alexnet.train) would share that service, where a SIGKILLed run's
     # stream stays open: its resume then finds "run ID ... is in use". Each run keeps its own service.
     os.environ.pop("WANDB_SERVICE", None)
+    if "--validate" in sys.argv[1:]:
+        with contract():
+            from alexnet.validate import validate
+
+            print("\n".join(validate([a for a in sys.argv[1:] if a != "--validate"])))
+        return
     with contract(interrupted=BEFORE_TRAINING):
         from alexnet.overrides import check
 

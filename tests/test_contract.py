@@ -234,3 +234,34 @@ def test_ctrl_c_during_the_heavy_imports_is_one_line(tmp_path, module, args, hea
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert result.returncode == 130, result.stderr[-2000:]
     assert result.stderr.strip() == "error: interrupted (Ctrl-C) while starting: nothing was done"
+
+
+# --- --validate: every check of a run, without training -------------------------------------------------------
+def test_validate_runs_every_check_without_training(tmp_path, monkeypatch):
+    from alexnet.errors import UserError
+    from alexnet.validate import validate
+    from test_data import make_imagefolder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("alexnet.training.free_bytes", lambda device: 16 * 2**30)  # the same answer on any machine
+    make_imagefolder(tmp_path / "ds")
+    lines = validate(["-m", "data=imagefolder", "data.root=ds", "data.val_size=3", "model=alexnet_cifar",
+                      "model.dropout=0.0,0.5"])
+    assert len(lines) == 2 and all(line.startswith("valid: ") for line in lines)
+    assert "imagefolder ds: 3 classes" in lines[0] and "(not decoded)" in lines[0]
+    for argv, message in [(["data=imagefolder", "data.root=nowhere"], "data.root=nowhere does not exist"),
+                          (["data=imagefolder", "data.root=ds"], "data.val_size=5000 leaves no training images"),
+                          (["data.download=false", "data.root=empty"], "CIFAR-10 is not in data.root=empty"),
+                          (["model.width=16"], "this run needs about 188.3 GiB"),
+                          (["model.dropout=2"], "model.dropout=2.0 is not allowed")]:
+        with pytest.raises(UserError, match=message):
+            validate(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nothing made: no run dir, no cache
+
+
+def test_validate_through_the_cli_exits_0_or_2(cli):
+    good = cli("--validate", "data=synthetic")
+    assert good.returncode == 0 and good.stdout.startswith("valid: data=synthetic"), good.stderr
+    bad = cli("--validate", "data=imagefolder", "data.root=nowhere")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: data.root=nowhere does not exist")
+    assert not (cli.cwd / "outputs").exists()

@@ -1,0 +1,29 @@
+"""`python -m alexnet.run --validate [overrides]` (or `alexnet-train --validate`): every check a run makes before
+it trains, without training: the overrides and their values (each job of a sweep with -m), the run or sweep dir,
+the device, the memory the training step needs, and the data (its layout and class folders, or CIFAR-10's files),
+without decoding a single image. Exit 0 with a line per job, or the contract's error and 2.
+"""
+from __future__ import annotations
+
+from alexnet.config import compose, to_typed
+from alexnet.data import check_data
+from alexnet.overrides import check, jobs, split_argv
+
+
+def validate(argv: list[str]) -> list[str]:
+    """Raise our UserError at the first problem; else one line per job saying what would run."""
+    from alexnet.training import check_memory, resolve_device
+
+    check(argv)
+    split = split_argv(argv)
+    if split is None:
+        return ["nothing to validate: the command only prints (--help, --info, ...)"]
+    lines = []
+    for overrides in jobs(*split):
+        cfg = to_typed(compose(overrides))
+        device = resolve_device(cfg.trainer.device.value)
+        check_memory(cfg, device)
+        data = check_data(cfg.data)
+        lines.append(f"valid: {' '.join(overrides) or 'the defaults'} | {cfg.model.arch} at {cfg.model.input_size}px "
+                     f"on {device} | {data}")
+    return lines
