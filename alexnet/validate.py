@@ -18,8 +18,13 @@ def validate(argv: list[str]) -> list[str]:
     split = split_argv(argv)
     if split is None:
         return ["nothing to validate: the command only prints (--help, --info, ...)"]
+    overrides, multirun = split
+    if multirun:  # a study's own sweep (hydra.sweeper.params in experiments/*.yaml) counts as typed
+        params = compose(jobs(overrides, True)[0], return_hydra_config=True).hydra.sweeper.get("params") or {}
+        typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        overrides = [*overrides, *(f"{k}={v}" for k, v in params.items() if k not in typed)]
     lines = []
-    for overrides in jobs(*split):
+    for overrides in jobs(overrides, multirun):
         cfg = to_typed(compose(overrides))
         device = resolve_device(cfg.trainer.device.value)
         check_memory(cfg, device)

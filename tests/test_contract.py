@@ -249,6 +249,8 @@ def test_validate_runs_every_check_without_training(tmp_path, monkeypatch):
                       "model.dropout=0.0,0.5"])
     assert len(lines) == 2 and all(line.startswith("valid: ") for line in lines)
     assert "imagefolder ds: 3 classes" in lines[0] and "(not decoded)" in lines[0]
+    study = validate(["-m", "+experiment=dropout", "data=synthetic"])  # its sweep lives in the experiment's file
+    assert {line.split()[3] for line in study} == {f"model.dropout={d}" for d in (0.0, 0.25, 0.5, 0.75)}
     for argv, message in [(["data=imagefolder", "data.root=nowhere"], "data.root=nowhere does not exist"),
                           (["data=imagefolder", "data.root=ds"], "data.val_size=5000 leaves no training images"),
                           (["data.download=false", "data.root=empty"], "CIFAR-10 is not in data.root=empty"),
