@@ -208,6 +208,11 @@ def main() -> None:
     # ran W&B itself (a notebook that called alexnet.train) would share that service, where a SIGKILLed run's
     # stream stays open: its resume then finds "run ID ... is in use". Each run keeps its own service.
     os.environ.pop("WANDB_SERVICE", None)
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        from alexnet.help import text
+
+        print(text())
+        return
     if "--validate" in sys.argv[1:]:
         with contract():
             from alexnet.validate import validate

@@ -267,3 +267,15 @@ def test_validate_through_the_cli_exits_0_or_2(cli):
     bad = cli("--validate", "data=imagefolder", "data.root=nowhere")
     assert bad.returncode == 2 and bad.stderr.startswith("error: data.root=nowhere does not exist")
     assert not (cli.cwd / "outputs").exists()
+
+
+def test_help_lists_what_a_user_chooses_and_nothing_internal(cli):
+    result = cli("--help")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for line in ("model=", "  alexnet_cifar", "data=", "  synthetic", "optimizer=", "+experiment=", "  dropout",
+                 "debug=", "Examples:", "--validate"):
+        assert line in out, line
+    assert "schema/" not in out and "input_size=" not in out and "s224" not in out  # internal groups
+    assert "lrn             does Local Response Normalization (Krizhevsky et al. 2012) still help" in out
+    assert len(out.splitlines()) < 50
