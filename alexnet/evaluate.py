@@ -24,6 +24,7 @@ from alexnet.config import CONF_DIR, GROUP_SCHEMAS, to_dict, to_typed
 from alexnet.errors import ConfigError, UserError, contract, first_line
 from alexnet.data import Loader, load_dataset
 from alexnet import performance, rundir
+from alexnet.logs import FILE_ONLY
 from alexnet.engine import confusion_matrix, evaluate, per_class_accuracy
 from alexnet.models import model_from_config
 from alexnet.state import upgrade
@@ -85,7 +86,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     performance.configure_backends(cfg.trainer, device)
     log.info("checkpoint: %s (epoch %s, val acc %.4f) | run dir: %s", cfg.ckpt, ckpt.get("epoch"),
              ckpt.get("val_acc", float("nan")), run_dir)
-    log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True))
+    log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True), extra=FILE_ONLY)
 
     data = load_dataset(cfg.data)
     if data.classes != ckpt["classes"]:  # the same names in the same order: else the scores mean nothing
@@ -101,7 +102,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     test = scored_test_split(data.test, cfg.trainer.limit_test_images, cfg.data.split_seed)  # never cut by limit_batches
     loader = Loader(test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
                     channels_last=cfg.trainer.channels_last, channels=cfg.model.input_channels)
-    log.info("fast path: %s", performance.describe(cfg.trainer))
+    log.info("fast path: %s", performance.describe(cfg.trainer, device))
     result = evaluate(model, loader, device, cfg.trainer.precision.value, hflip=cfg.trainer.tta_hflip)
     confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))
     print_results(result, data.classes, confusion)

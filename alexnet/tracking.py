@@ -93,6 +93,8 @@ class Tracker:
                             "with: %s", error, self.sync_command())
             else:
                 log.info("W&B run stored offline; upload it later with: %s", self.sync_command())
+        elif self.mode == "online":  # W&B's own banner is silenced: its link is ours to give
+            log.info("W&B run: %s", getattr(self.run, "url", None) or "(no link)")
         if job_type == "train":
             self._wandb("define_metric", self._define_metrics)
 
@@ -102,7 +104,11 @@ class Tracker:
         try:
             import wandb
 
-            return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **init), None
+            # W&B's own console lines (its banner, a summary of what our lines already said) only when asked:
+            # WANDB_SILENT=false brings them back.
+            silent = os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")
+            settings = wandb.Settings(init_timeout=init_timeout, silent=silent)
+            return wandb.init(mode=mode, settings=settings, **init), None
         except Exception as e:
             return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from alexnet import distributed, performance, rundir
+from alexnet.logs import FILE_ONLY
 from alexnet.checkpoint import CheckpointError, CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
 from alexnet.config import Config, to_dict
 from alexnet.errors import INTERRUPTED, ConfigError, RunDirRefused, StopNow, UserError
@@ -518,10 +519,10 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             rundir.lock(ctx.run_dir)  # before anything in it is read or written
         for note in ctx.notes:
             log.warning(note)
-        log.info("config:\n%s", yaml.safe_dump(config, sort_keys=False))
+        log.info("config:\n%s", yaml.safe_dump(config, sort_keys=False), extra=FILE_ONLY)
         log.info("run dir: %s | device: %s%s | %s", ctx.run_dir, device,
                  f" | rank {dist.rank} of {dist.world_size} ({dist.backend})" if dist.active else "",
-                 performance.describe(cfg.trainer))
+                 performance.describe(cfg.trainer, device))
         finished = rundir.finished_summary(ctx.run_dir, config) if cfg.trainer.resume == "auto" else None
         if finished is not None:  # the same command again: nothing to do, nothing touched
             log.info("this run finished already: test acc %s (%s)", finished.get("test/acc"), ctx.run_dir)

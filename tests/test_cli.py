@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,3 +223,18 @@ def test_relative_paths_still_work_when_hydra_changes_into_the_run_dir(cli):
     assert result.returncode == 0, result.stderr[-2000:]
     (config,) = cli.cwd.glob("outputs/*/*/.hydra/config.yaml")
     assert f"root: {cli.cwd / 'ds'}" in config.read_text()  # recorded as what was read
+
+
+def test_a_smoke_run_prints_about_a_dozen_lines_and_logs_everything_to_its_file(tmp_path):
+    """The console: a header, a line per log step and epoch, the test; no config dump and none of W&B's own
+    summary (its own lines come back with WANDB_SILENT=false). run.log keeps it all."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_MODE")}
+    result = subprocess.run([sys.executable, "-m", "alexnet.run", *TINY, "debug=smoke", "hydra.run.dir=run"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert 6 <= len(lines) <= 20, "\n".join(lines)
+    assert not any(line.startswith("wandb:") for line in lines) and "config:" not in result.stdout
+    assert "cudnn_benchmark" not in result.stdout  # a CUDA switch, said nothing on a CPU
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "config:\nmodel:\n  arch: alexnet_cifar" in log and "[alexnet][INFO]" in log
