@@ -70,6 +70,10 @@ def message_of(error: BaseException) -> str | None:
         from alexnet.overrides import explain
 
         return explain(error, "", [])
+    if type(error).__module__.startswith("yaml"):  # a user's config file that is not YAML (hydra.searchpath)
+        where = getattr(error, "problem_mark", None)
+        return (f"a config file is not valid YAML: {getattr(error, 'problem', None) or first_line(error)}"
+                f"{f' in {where.name}, line {where.line + 1}' if where else ''}. Fix that file.")
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         message, cause = str(error), error.__cause__
         while cause is not None:  # Hydra wraps the informative OmegaConf error

@@ -153,8 +153,8 @@ def hydra_main(dict_cfg: DictConfig) -> float:
         try:
             return evaluate_checkpoint(dict_cfg)
         except BaseException as e:
-            if not isinstance(e, SystemExit):  # an error or Ctrl-C before any result: no dir of a run that never was
-                rundir.leave_as_found(run_dir, 0, made_at_start={".hydra", "evaluate.log"})
+            if not isinstance(e, SystemExit):  # an error or a Ctrl-C: no eval record (always a new dir) half-made
+                rundir.discard(run_dir)
             raise
 
 

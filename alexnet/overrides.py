@@ -56,7 +56,8 @@ def explain(error: Exception, override: str, known: list[str]) -> str:
     if "Could not override" in str(error) or "Could not append" in str(error):
         return (f"unknown config key '{key}'.{closest(key, known)} Fix the spelling "
                 f"(`python -m alexnet.run --cfg job` prints every key).")
-    detail = first_line(cause or error)
+    lines = str(cause or error).strip().splitlines() or [type(error).__name__]
+    detail = f"{lines[0]} {lines[1].strip()}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     if "expected one of" in detail:  # an enum: "Invalid value 'fp8', expected one of [auto, fp32, ...]"
         allowed = "one of " + detail.split("expected one of", 1)[1].strip(" []")
     elif "could not be converted to" in detail:  # "Value 'abc' of type 'str' could not be converted to Integer"
@@ -147,6 +148,10 @@ def check(argv: list[str], config_name: str = "config") -> None:
             cfg = compose(overrides, return_hydra_config=True, config_name=config_name)
         except (HydraException, OmegaConfBaseException) as e:
             raise diagnose(e, overrides, config_name) from e
+        except yaml.YAMLError as e:  # a config file of the user's own (hydra.searchpath) that is not YAML
+            where = getattr(e, "problem_mark", None)
+            raise ConfigError(f"a config file is not valid YAML: {getattr(e, 'problem', None) or first_line(e)}"
+                              f"{f' in {where.name}, line {where.line + 1}' if where else ''}. Fix that file.") from e
         if config_name == "config":
             job = cfg.copy()
             with open_dict(job):
@@ -172,7 +177,8 @@ def check_same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
     def kept(parsed) -> dict[str, str]:  # the parsed value (spelling does not matter) -> the override as typed
         return {f"{o.get_key_element()}={o.value()!r}": o.input_line for o in parsed
                 if not any(o.get_key_element() == f or (f.endswith(".") and o.get_key_element().startswith(f))
-                           for f in (*MAY_CHANGE, "trainer.resume")) and not o.get_key_element().startswith("hydra.")}
+                           for f in (*MAY_CHANGE, "trainer.resume"))
+                and not o.get_key_element().startswith(("hydra.", "hydra/"))}  # how it runs, not what
     before = kept(before_parsed)
     now = kept(OverridesParser.create().parse_overrides([normalize_override(o) for o in overrides]))
     if before.keys() != now.keys():

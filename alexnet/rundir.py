@@ -263,18 +263,23 @@ def leave_as_found(run_dir: Path, log_size: int, made_at_start=MADE_AT_START, lo
         pass  # a read-only dir: nothing was written to it either
 
 
+def discard(run_dir: Path) -> None:
+    """Remove a dir of this process's that records nothing finished: its files, W&B's included."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:  # a W&B run begun in it would write its files back at exit
+        with contextlib.suppress(Exception):
+            wandb.teardown(exit_code=130)
+    unlock(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
+            run_dir.parent.rmdir()  # outputs/<date>/, if this was its only run
+
+
 def discard_if_made(run_dir: Path) -> None:
     """Remove a run dir this process made for a run stopped before its first step (its record, its W&B files)."""
     if any(run_dir.resolve() == made.resolve() for made in MADE):
-        wandb = sys.modules.get("wandb")
-        if wandb is not None:  # a W&B run begun in it would write its files back at exit
-            with contextlib.suppress(Exception):
-                wandb.teardown(exit_code=130)
-        unlock(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
-                run_dir.parent.rmdir()  # outputs/<date>/, if this was its only run
+        discard(run_dir)
 
 
 def remove_unstarted() -> None:

@@ -425,8 +425,12 @@ def interrupted(ctx: RunContext, resume: str, again: bool) -> str:
         again = f"To go on with the sweep, {how_to_resume(ctx, resume)}." if ctx.sweep_dir else \
             "Run the same command again to start it."
         return f"interrupted (Ctrl-C) before training began: nothing was trained. {again}"
-    return (f"{'stopped at once by a second Ctrl-C' if again else 'interrupted (Ctrl-C)'}, without a new "
-            f"checkpoint: {ctx.run_dir / 'checkpoints'} keeps the last one, if any. To resume from it, "
+    stopped = 'stopped at once by a second Ctrl-C' if again else 'interrupted (Ctrl-C)'
+    folder = ctx.run_dir / "checkpoints"
+    if not any(folder.glob("last*.pt")):
+        return (f"{stopped} before the run's first checkpoint: there is nothing to resume ({ctx.run_dir} keeps "
+                f"the log of the steps it took). Run the same command again to start afresh in a new run dir.")
+    return (f"{stopped}, without a new checkpoint: {folder} keeps the last one. To resume from it, "
             f"{how_to_resume(ctx, resume)}.")
 
 

@@ -70,11 +70,17 @@ def test_ctrl_c_before_the_first_step_is_one_line_and_leaves_no_run_dir(tmp_path
 def test_a_second_ctrl_c_stops_at_once_and_says_where_the_last_checkpoint_is(tmp_path):
     result = run_with_ctrl_c(tmp_path, [*TINY, "debug=smoke"], at="train_one_epoch", times=2)
     assert result.returncode == 130, result.stderr
-    assert "stopped at once by a second Ctrl-C, without a new checkpoint" in result.stderr
-    assert "To resume from it, run the same command again" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     run_dir, = tmp_path.glob("outputs/*/*")
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # it had begun: its record stays
+    # What it says matches the disk: the second Ctrl-C may come before the first one's checkpoint is written
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        assert "stopped at once by a second Ctrl-C, without a new checkpoint" in result.stderr
+        assert "To resume from it, run the same command again" in result.stderr
+    else:
+        assert "stopped at once by a second Ctrl-C before the run's first checkpoint: there is nothing to resume" \
+            in result.stderr
+    assert not list(run_dir.glob("checkpoints/.*.tmp"))  # the writer is not killed mid-write
 
 
 @pytest.mark.slow
@@ -279,3 +285,29 @@ def test_help_lists_what_a_user_chooses_and_nothing_internal(cli):
     assert "schema/" not in out and "input_size=" not in out and "s224" not in out  # internal groups
     assert "lrn             does Local Response Normalization (Krizhevsky et al. 2012) still help" in out
     assert len(out.splitlines()) < 50
+
+
+def test_a_user_config_file_that_is_not_yaml_is_one_line(tmp_path, monkeypatch):
+    from alexnet.errors import UserError
+    from alexnet.overrides import check
+
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "broken.yaml").write_text("defaults: [/schema/model@_here_: default]\nwidth: [oops\n")
+    (tmp_path / "mine" / "model" / "extra.yaml").write_text("defaults: [/schema/model@_here_: default]\nbogus_key: 3\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"a config file is not valid YAML: .* in .*broken.yaml, line 3. Fix that"):
+        check(["hydra.searchpath=[file://mine]", "model=broken"])
+    with pytest.raises(UserError, match="Key 'bogus_key' not in 'ModelConfig'"):  # the key, not a cut-off line
+        check(["hydra.searchpath=[file://mine]", "model=extra"])
+
+
+def test_a_joblib_sweep_resumes_with_the_command_it_printed(tmp_path):
+    """The launcher is how a sweep runs, not what it trains: the resume command it prints must be accepted."""
+    import yaml
+
+    from alexnet.overrides import check_same_sweep
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["model.dropout=0.0,0.5"]}}}))
+    check_same_sweep(tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.dropout=0.0,0.5"])
+    with pytest.raises(RunDirRefused, match="only now: model.dropout=0.0,0.25"):
+        check_same_sweep(tmp_path, ["hydra/launcher=joblib", "model.dropout=0.0,0.25"])
