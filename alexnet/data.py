@@ -137,7 +137,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet"
 
 
-def _imagefolder(cfg) -> tuple[Split, Split, list[str]]:
+def _imagefolder_files(cfg) -> tuple[Path, list[str], list[list[Path]], list[list[Path]]]:
+    """(root, classes, train files, test files) of an ImageFolder tree, its layout checked; nothing decoded."""
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={cfg.root} does not exist. Fix: point data.root at a folder holding "
@@ -148,6 +149,11 @@ def _imagefolder(cfg) -> tuple[Split, Split, list[str]]:
     if test_classes != classes:
         raise DataError(f"{root}/test has classes {test_classes} but {root}/train has {classes}. "
                         f"Fix: give both splits the same class folders.")
+    return root, classes, train_files, test_files
+
+
+def _imagefolder(cfg) -> tuple[Split, Split, list[str]]:
+    root, classes, train_files, test_files = _imagefolder_files(cfg)
 
     # The cache key covers every file's path, size and mtime, so an edited data set is decoded again.
     key = hashlib.sha256(f"v{CACHE_VERSION} size={cfg.image_size}".encode())
@@ -204,15 +210,7 @@ def check_data(cfg) -> str:
     if cfg.name == "synthetic":
         return f"synthetic: {cfg.train_size} train, {cfg.test_size} test images"
     if cfg.name == "imagefolder":
-        root = Path(cfg.root).expanduser()
-        if not root.is_dir():
-            raise DataError(f"data.root={cfg.root} does not exist. Fix: point data.root at a folder holding "
-                            f"train/<class>/* and test/<class>/*.")
-        classes, train_files = _list_images(root / "train")
-        test_classes, test_files = _list_images(root / "test")
-        if test_classes != classes:
-            raise DataError(f"{root}/test has classes {test_classes} but {root}/train has {classes}. "
-                            f"Fix: give both splits the same class folders.")
+        root, classes, train_files, test_files = _imagefolder_files(cfg)
         n_train = sum(map(len, train_files))
         if cfg.val_size >= n_train:
             raise DataError(f"data.val_size={cfg.val_size} leaves no training images ({n_train} in all). "
