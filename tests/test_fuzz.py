@@ -126,7 +126,7 @@ def assert_config_or_our_error(pairs, full_path: bool) -> None:
         assert "Traceback" not in str(e) and len(str(e).splitlines()) <= 8, str(e)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(an_override(), min_size=1, max_size=3))
 def test_overrides_give_a_config_that_dry_runs_or_our_error_naming_the_key(pairs):
     assert_config_or_our_error(pairs, full_path=False)

@@ -47,6 +47,7 @@ def acceptance_cli(*args: str, timeout: int = 300, **kwargs) -> subprocess.Compl
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.slow  # 50 s: run it (pytest -m slow) before a GPU session; its time boxes and errors stay default
 def test_smoke_runs_every_step_and_records_every_figure_with_its_command(tmp_path):
     # One test, not three sharing a module fixture: pytest-xdist would run such a fixture once per worker.
     out = tmp_path / "out"
