@@ -215,6 +215,7 @@ class AdamConfig(OptimizerConfig):
         super().__post_init__()
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas,
                "two floats in [0, 1)")
+        _check(0 < self.eps < math.inf, "optimizer.eps", self.eps, "a positive, finite float")
 
 
 @dataclass

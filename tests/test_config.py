@@ -96,6 +96,7 @@ def test_defaults_are_the_documented_ones():
     (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1"),
     (["trainer.epochs=0"], "trainer.epochs=0"),
     (["scheduler.warmup_epochs=1e308"], "scheduler.warmup_epochs=1e+308 is not allowed"),  # a fuzzer's finding
+    (["optimizer=adam", "optimizer.eps=-1"], "optimizer.eps=-1.0 is not allowed: a positive, finite float"),  # too
     (["+model.dropuot=0.3"], "unknown config key 'model.dropuot'"),
 ])
 def test_out_of_range_values_fail(overrides, message):
