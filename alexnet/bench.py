@@ -40,8 +40,7 @@ import torch.nn.functional as F
 
 from alexnet import performance
 from alexnet.config import Config, OptimizerImpl, Precision, compose, to_typed
-from alexnet.errors import UserError
-from alexnet.errors import contract
+from alexnet.errors import UserError, contract
 from alexnet.data import Loader, Split
 from alexnet.engine import DTYPES, EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config

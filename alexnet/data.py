@@ -212,9 +212,7 @@ def check_data(cfg) -> str:
     if cfg.name == "imagefolder":
         root, classes, train_files, test_files = _imagefolder_files(cfg)
         n_train = sum(map(len, train_files))
-        if cfg.val_size >= n_train:
-            raise DataError(f"data.val_size={cfg.val_size} leaves no training images ({n_train} in all). "
-                            f"Fix: choose data.val_size < {n_train}.")
+        check_val_size(cfg.val_size, n_train)
         return (f"imagefolder {root}: {len(classes)} classes, {n_train} train and {sum(map(len, test_files))} "
                 f"test images (not decoded)")
     from torchvision.datasets import CIFAR10
@@ -230,11 +228,15 @@ def check_data(cfg) -> str:
                     f"data.download=true, or put cifar-10-python.tar.gz there.")
 
 
+def check_val_size(val_size: int, images: int) -> None:
+    if val_size >= images:
+        raise DataError(f"data.val_size={val_size} leaves no training images ({images} in all). "
+                        f"Fix: choose data.val_size < {images}.")
+
+
 def split_train_val(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
     """A fixed random split: the same `seed` holds out the same images whatever the run's seed."""
-    if val_size >= len(split):
-        raise DataError(f"data.val_size={val_size} leaves no training images ({len(split)} in all). "
-                        f"Fix: choose data.val_size < {len(split)}.")
+    check_val_size(val_size, len(split))
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     val, train = order[:val_size], order[val_size:]
     return Split(split.images[train], split.labels[train]), Split(split.images[val], split.labels[val])

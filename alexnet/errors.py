@@ -43,8 +43,11 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def keep_tracebacks() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+def yaml_problem(error: BaseException) -> str:
+    """Our message for a YAML file that does not parse: the problem, the file and the line."""
+    where = getattr(error, "problem_mark", None)
+    return (f"a config file is not valid YAML: {getattr(error, 'problem', None) or first_line(error)}"
+            f"{f' in {where.name}, line {where.line + 1}' if where else ''}. Fix that file.")
 
 
 def user_error_in(error: BaseException) -> UserError | None:
@@ -71,9 +74,7 @@ def message_of(error: BaseException) -> str | None:
 
         return explain(error, "", [])
     if type(error).__module__.startswith("yaml"):  # a user's config file that is not YAML (hydra.searchpath)
-        where = getattr(error, "problem_mark", None)
-        return (f"a config file is not valid YAML: {getattr(error, 'problem', None) or first_line(error)}"
-                f"{f' in {where.name}, line {where.line + 1}' if where else ''}. Fix that file.")
+        return yaml_problem(error)
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         message, cause = str(error), error.__cause__
         while cause is not None:  # Hydra wraps the informative OmegaConf error

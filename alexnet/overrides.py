@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 import yaml
 
 from alexnet.config import compose, to_typed
-from alexnet.errors import ConfigError, RunDirRefused, first_line
+from alexnet.errors import ConfigError, RunDirRefused, first_line, yaml_problem
 from alexnet.rundir import check_can_make
 
 # Hydra flags after which the next argument is the flag's value, not an override
@@ -135,39 +135,43 @@ def known_keys(config_name: str = "config") -> list[str]:
     return keys_of(compose([], config_name=config_name)) + ["experiment", "debug"]
 
 
-def check(argv: list[str], config_name: str = "config") -> None:
+def check(argv: list[str], config_name: str = "config",
+          sweep_params: list[str] = ()) -> list[tuple[list[str], object]]:
     """Compose and validate every job the command line asks for, and check the run (or sweep) dir can be made;
-    raise our UserError at the first problem. Nothing is written. config_name="evaluate": alexnet.evaluate's
-    command line (its values are checked once the checkpoint's config is merged in)."""
+    raise our UserError at the first problem. Nothing is written. Returns each job's overrides with its typed
+    config. `sweep_params`: a study's own sweep (its hydra.sweeper.params) to expand into jobs as well.
+    config_name="evaluate": alexnet.evaluate's command line (its values are checked once the checkpoint's
+    config is merged in; no typed config)."""
     split = split_argv(argv)
     if split is None:
-        return
-    checks = jobs(*split)
+        return []
+    checks, checked = jobs([*split[0], *sweep_params], split[1]), []
     for overrides in checks:
         try:
             cfg = compose(overrides, return_hydra_config=True, config_name=config_name)
         except (HydraException, OmegaConfBaseException) as e:
             raise diagnose(e, overrides, config_name) from e
         except yaml.YAMLError as e:  # a config file of the user's own (hydra.searchpath) that is not YAML
-            where = getattr(e, "problem_mark", None)
-            raise ConfigError(f"a config file is not valid YAML: {getattr(e, 'problem', None) or first_line(e)}"
-                              f"{f' in {where.name}, line {where.line + 1}' if where else ''}. Fix that file.") from e
+            raise ConfigError(yaml_problem(e)) from e
+        typed = None
         if config_name == "config":
             job = cfg.copy()
             with open_dict(job):
                 del job["hydra"]
-            to_typed(job)  # the value bounds (a seed outside [0, 2**32), model.width=inf, ...)
+            typed = to_typed(job)  # the value bounds (a seed outside [0, 2**32), model.width=inf, ...)
         if overrides is checks[0] and not any(a in ("--cfg", "-c") for a in argv):
             check_output_dir(cfg, multirun=split[1])
             if split[1]:
                 check_same_sweep(Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))), split[0])
+        checked.append((overrides, typed))
+    return checked
 
 
 def check_same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
     """A sweep dir given again must be resumed with its own overrides (up to what a resume may change), or one
     study dir would mix two sweeps and its multirun.yaml would be overwritten."""
     from alexnet.config import normalize_override
-    from alexnet.resume import MAY_CHANGE
+    from alexnet.resume import may_change
 
     try:
         recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
@@ -176,8 +180,7 @@ def check_same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
         return  # a new sweep dir, or no readable record: each job's own checks decide
     def kept(parsed) -> dict[str, str]:  # the parsed value (spelling does not matter) -> the override as typed
         return {f"{o.get_key_element()}={o.value()!r}": o.input_line for o in parsed
-                if not any(o.get_key_element() == f or (f.endswith(".") and o.get_key_element().startswith(f))
-                           for f in (*MAY_CHANGE, "trainer.resume"))
+                if not may_change(o.get_key_element())
                 and not o.get_key_element().startswith(("hydra.", "hydra/"))}  # how it runs, not what
     before = kept(before_parsed)
     now = kept(OverridesParser.create().parse_overrides([normalize_override(o) for o in overrides]))

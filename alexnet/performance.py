@@ -92,7 +92,9 @@ def reuse_freed_memory() -> bool:
 def describe(trainer: TrainerConfig, device: torch.device) -> str:
     """One line for the run's log: the switches that mean something on this device (cuDNN and TF32 are CUDA's)."""
     line = f"precision {trainer.precision.value} | channels_last {trainer.channels_last} | compile {trainer.compile}"
-    return line if device.type != "cuda" else f"{line} | cudnn_benchmark {trainer.cudnn_benchmark} | tf32 {trainer.tf32}"
+    if device.type != "cuda":
+        return line
+    return f"{line} | cudnn_benchmark {trainer.cudnn_benchmark} | tf32 {trainer.tf32}"
 
 
 def batch_dtype(trainer: TrainerConfig, device: torch.device) -> torch.dtype:

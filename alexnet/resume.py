@@ -64,6 +64,11 @@ class ResumeMismatch(RunDirRefused):
     """A checkpoint and a config that disagree on what was trained."""
 
 
+def may_change(key: str) -> bool:
+    """Whether a resumed run may change `key` (a dotted config key), as MAY_CHANGE lists it."""
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE)
+
+
 def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
     """(key, checkpoint's value, current value) for every key that differs and may not change on resume."""
     old, new = flatten(saved), flatten(now)
@@ -72,7 +77,7 @@ def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object
     def allowed(key: str) -> bool:
         if key == "trainer.epochs" and scheduler in EPOCH_SHAPED_SCHEDULES:
             return False
-        return any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE)
+        return may_change(key)
     return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in differing if not allowed(k)]
 
 

@@ -35,8 +35,9 @@ log = logging.getLogger("alexnet")
 
 COMMAND_ENV = "ALEXNET_COMMAND"  # the command line, for "to resume, run ..." (joblib's workers inherit it)
 STOPPING = ".stopping"  # <sweep dir>/.stopping: a Ctrl-C asked a joblib sweep to stop (see SweepSummary)
-REFUSED = "refused"
-BEFORE_TRAINING = "interrupted (Ctrl-C) before training began: nothing was trained. Run the same command again to start it."  # <sweep dir>/refused/<job>.json: jobs whose run dir holds another run, left untouched
+REFUSED = "refused"  # <sweep dir>/refused/<job>.json: jobs whose run dir holds another run, left untouched
+BEFORE_TRAINING = ("interrupted (Ctrl-C) before training began: nothing was trained. Run the same command again "
+                   "to start it.")
 
 
 def record_failure(dict_cfg: DictConfig, error: BaseException) -> str:
@@ -77,7 +78,7 @@ class SweepSummary(Callback):
             rundir.MADE_SWEEPS.append(sweep_dir)
         shutil.rmtree(sweep_dir / REFUSED, ignore_errors=True)  # an earlier invocation's
         (sweep_dir / STOPPING).unlink(missing_ok=True)
-        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_")):  # see in_worker_process
+        if jobs_run_in_workers(config.hydra):
             signal.signal(signal.SIGINT, lambda signum, frame: self.stop_sweep(sweep_dir))
 
     @staticmethod
@@ -113,9 +114,9 @@ class SweepSummary(Callback):
             sys.exit(1)
 
 
-def in_worker_process() -> bool:
-    """Whether this job runs in a launcher's worker process (joblib) rather than in the command's own."""
-    return "joblib" in str(OmegaConf.select(HydraConfig.get(), "launcher._target_"))
+def jobs_run_in_workers(hydra_cfg: DictConfig) -> bool:
+    """Whether the launcher runs jobs in worker processes (joblib) rather than in the command's own."""
+    return "joblib" in str(OmegaConf.select(hydra_cfg, "launcher._target_"))
 
 
 def run_context():
@@ -185,7 +186,8 @@ def hydra_main(dict_cfg: DictConfig) -> float:
 
         return objective(train(cfg, ctx))
     except (SystemExit, KeyboardInterrupt) as e:
-        if not in_worker_process():  # the basic launcher: the stop ends the sweep here, saying how to resume
+        # The basic launcher: the stop ends the sweep here, and its message says how to resume.
+        if not jobs_run_in_workers(HydraConfig.get()):
             raise
         # A joblib worker: the job checkpointed (or had not begun). The sweep is stopping (the Ctrl-C reached
         # every process at once: say so here too, so that no queued job starts), and its end says how to resume.

@@ -237,28 +237,34 @@ def snapshot(run_dir: Path) -> int:
 MADE_AT_START = {".lock", "run.log", "checkpoints"}
 
 
-def only_start_files(run_dir: Path, made_at_start=MADE_AT_START) -> bool:
+def only_start_files(run_dir: Path) -> bool:
     """The run dir holds nothing but what a job's start made (and empty folders: a record begun, not written)."""
     def empty_folder(p: Path) -> bool:
         return p.is_dir() and not any(p.iterdir())
 
-    return all(empty_folder(p) if p.name == "checkpoints" or p.name not in made_at_start else True
+    return all(empty_folder(p) if p.name == "checkpoints" or p.name not in MADE_AT_START else True
                for p in run_dir.iterdir())
 
 
-def leave_as_found(run_dir: Path, log_size: int, made_at_start=MADE_AT_START, log: str = "run.log") -> None:
+def _remove(run_dir: Path) -> None:
+    """Remove a run dir of this process's, and outputs/<date>/ when it was that folder's only run."""
+    unlock(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # rmdir refuses a folder that holds other runs
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
+            run_dir.parent.rmdir()
+
+
+def leave_as_found(run_dir: Path, log_size: int) -> None:
     """After a run that never started (refused, or interrupted in start-up): remove the run dir if it was new
-    (it holds only what the start made), else cut its log back to `log_size`, so that the dir's record is as it
+    (it holds only what the start made), else cut run.log back to `log_size`, so that the dir's record is as it
     was."""
     run_dir = Path(run_dir)
     try:
-        if log_size == 0 and only_start_files(run_dir, made_at_start):
-            unlock(run_dir)
-            shutil.rmtree(run_dir)
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name) and not any(run_dir.parent.iterdir()):
-                run_dir.parent.rmdir()  # outputs/<date>/, made for it by the default layout
-        elif (run_dir / log).is_file():
-            os.truncate(run_dir / log, log_size)
+        if log_size == 0 and only_start_files(run_dir):
+            _remove(run_dir)
+        elif (run_dir / "run.log").is_file():
+            os.truncate(run_dir / "run.log", log_size)
     except OSError:
         pass  # a read-only dir: nothing was written to it either
 
@@ -269,11 +275,7 @@ def discard(run_dir: Path) -> None:
     if wandb is not None:  # a W&B run begun in it would write its files back at exit
         with contextlib.suppress(Exception):
             wandb.teardown(exit_code=130)
-    unlock(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
-            run_dir.parent.rmdir()  # outputs/<date>/, if this was its only run
+    _remove(Path(run_dir))
 
 
 def discard_if_made(run_dir: Path) -> None:

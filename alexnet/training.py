@@ -188,7 +188,7 @@ def load_resume_path(path: Path) -> dict:
         return load_checkpoint(path)
     except CheckpointError as e:
         raise type(e)(f"cannot resume: {e}. Fix: trainer.resume=<run dir>/checkpoints/last.pt of a run "
-                              f"(or its last.prev.pt), or trainer.resume=never to start afresh.") from e
+                      f"(or its last.prev.pt), or trainer.resume=never to start afresh.") from e
 
 
 def find_resume_point(cfg: Config, ctx: RunContext, config: dict) -> tuple[dict, Path] | None:
@@ -422,9 +422,9 @@ def how_to_resume(ctx: RunContext, resume: str) -> str:
 def interrupted(ctx: RunContext, resume: str, again: bool) -> str:
     """What a Ctrl-C that stopped the run at once left behind, and how to go on."""
     if not ctx.began:
-        again = f"To go on with the sweep, {how_to_resume(ctx, resume)}." if ctx.sweep_dir else \
+        go_on = f"To go on with the sweep, {how_to_resume(ctx, resume)}." if ctx.sweep_dir else \
             "Run the same command again to start it."
-        return f"interrupted (Ctrl-C) before training began: nothing was trained. {again}"
+        return f"interrupted (Ctrl-C) before training began: nothing was trained. {go_on}"
     stopped = 'stopped at once by a second Ctrl-C' if again else 'interrupted (Ctrl-C)'
     folder = ctx.run_dir / "checkpoints"
     if not any(folder.glob("last*.pt")):

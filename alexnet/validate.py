@@ -5,7 +5,7 @@ without decoding a single image. Exit 0 with a line per job, or the contract's e
 """
 from __future__ import annotations
 
-from alexnet.config import compose, to_typed
+from alexnet.config import compose
 from alexnet.data import check_data
 from alexnet.overrides import check, jobs, split_argv
 
@@ -14,18 +14,20 @@ def validate(argv: list[str]) -> list[str]:
     """Raise our UserError at the first problem; else one line per job saying what would run."""
     from alexnet.training import check_memory, resolve_device
 
-    check(argv)
     split = split_argv(argv)
     if split is None:
         return ["nothing to validate: the command only prints (--help, --info, ...)"]
     overrides, multirun = split
     if multirun:  # a study's own sweep (hydra.sweeper.params in experiments/*.yaml) counts as typed
-        params = compose(jobs(overrides, True)[0], return_hydra_config=True).hydra.sweeper.get("params") or {}
+        try:
+            params = compose(jobs(overrides, True)[0], return_hydra_config=True).hydra.sweeper.get("params") or {}
+        except Exception:
+            check(argv)  # our message for what does not compose
+            raise
         typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-        overrides = [*overrides, *(f"{k}={v}" for k, v in params.items() if k not in typed)]
+        params = [f"{k}={v}" for k, v in params.items() if k not in typed]
     lines = []
-    for overrides in jobs(overrides, multirun):
-        cfg = to_typed(compose(overrides))
+    for overrides, cfg in check(argv, sweep_params=params if multirun else []):  # composed and typed once
         device = resolve_device(cfg.trainer.device.value)
         check_memory(cfg, device)
         data = check_data(cfg.data)
