@@ -26,6 +26,9 @@ DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 # on this project's CPU (fp32 switches: 3e-7; bf16: 3e-3, 4.3e-2; fp16: 5e-4, 1.6e-2). fp32 switches only
 # reorder sums; bf16 keeps 8 mantissa bits, fp16 11, and the backward pass compounds the rounding.
 TOLERANCE = {"fp32": (1e-5, 1e-5), "bf16": (1e-2, 1e-1), "fp16": (2e-3, 4e-2)}
+# cuDNN picks other fp32 kernels for channels_last, which sum the weight gradients (over batch x H x W terms) in
+# another order: measured 4.3e-5 on an H100 (docs/gpu/2026-11-26-h100), against the CPU's < 1e-5.
+CUDA_FP32_TOLERANCE = (1e-5, 1e-4)
 # the smallest input each arch takes keeps the test fast (alexnet_cifar's is below CIFAR's 32: use 32)
 SIZES = {name: max(min_input_size(spec), 32) for name, spec in ARCHS.items()}
 
@@ -95,7 +98,8 @@ def test_every_switch_combination_computes_the_same_function(arch, device, preci
                                                        "tf32=false"), state)
     switched = logits_and_grads(arch, device, trainer(device, f"precision={precision}", "tf32=false",
                                                       f"channels_last={channels_last}", f"compile={compiled}"), state)
-    for value, expected, tolerance, what in zip(switched, reference, TOLERANCE[precision], ("logits", "gradients")):
+    tolerances = CUDA_FP32_TOLERANCE if (device.type, precision) == ("cuda", "fp32") else TOLERANCE[precision]
+    for value, expected, tolerance, what in zip(switched, reference, tolerances, ("logits", "gradients")):
         error = relative_error(value, expected)
         assert error < tolerance, f"{what}: relative error {error:.2e}"
 
