@@ -190,11 +190,21 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
         if info["show"] and window_mean is not None:
             log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, info["step"] - first_step + start_batch,
                      len(loader), window_mean, info["lr"])
+        if on_terminal and window_mean is not None:
+            bar.set_postfix_str(f"loss {window_mean:.4f}, {training_left(progress.batch - start_batch)} of training left",
+                                refresh=False)
 
-    # A progress bar on a terminal; otherwise (a cluster log, a pipe) a plain line about every tenth of the epoch.
-    on_terminal = sys.stderr.isatty()
-    bar = tqdm(total=len(loader), initial=progress.batch, desc=f"epoch {epoch + 1}", leave=False,
-               disable=not on_terminal)
+    def training_left(steps_done: int) -> str:
+        """The run's training time still to go, at this epoch's pace so far (evaluation not counted)."""
+        per_step = (time.perf_counter() - start) / max(steps_done, 1)
+        steps_left = (trainer.epochs - epoch - 1) * len(loader) + len(loader) - start_batch - steps_done
+        return tqdm.format_interval(per_step * steps_left)
+
+    # A progress bar on a terminal (rank 0's only); otherwise (a cluster log, a pipe) a plain line about every
+    # tenth of the epoch.
+    on_terminal = sys.stderr.isatty() and dist.is_main
+    bar = tqdm(total=len(loader), initial=progress.batch, desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False,
+               disable=not on_terminal, unit="batch")
     next_line = (progress.batch // max(1, len(loader) // 10) + 1) * len(loader) / 10
     start = time.perf_counter()
     first_step, start_batch = step, progress.batch  # for the plain progress lines

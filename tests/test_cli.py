@@ -225,6 +225,73 @@ def test_relative_paths_still_work_when_hydra_changes_into_the_run_dir(cli):
     assert f"root: {cli.cwd / 'ds'}" in config.read_text()  # recorded as what was read
 
 
+def run_in_a_terminal(argv: list[str], cwd: Path, columns: int = 120, timeout: float = 300) -> tuple[int, str]:
+    """`argv` with stdin, stdout and stderr on a pseudo-terminal of `columns` columns, as in an interactive shell."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))  # a real terminal has a size
+    env = {**os.environ, "WANDB_SILENT": "true", "XDG_CACHE_HOME": str(cwd / "cache")}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    output, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif proc.poll() is not None:
+            break
+    else:
+        proc.kill()
+    os.close(master)
+    return proc.wait(), output.decode(errors="replace")
+
+
+def test_a_terminal_gets_a_progress_bar_with_the_loss_and_the_time_left(tmp_path):
+    """On a terminal: a live bar per epoch (batches, rate, the epoch's ETA, the loss, the run's training time
+    left), cleared before the epoch's line; none of the plain progress lines a log file gets."""
+    import re
+
+    code, output = run_in_a_terminal([sys.executable, "-m", "alexnet.run", *TINY, "model.width=0.125",
+                                      "trainer.epochs=2", "hydra.run.dir=run"], tmp_path)
+    assert code == 0, output[-3000:]
+    frames = re.findall(r"epoch (\d)/2:\s+\d+%\|[^|]*\| (\d+)/70 \[(\d\d:\d\d)<(\d\d:\d\d|\?), [\d.?]+batch/s"
+                        r"(?:, loss ([\d.]+), (\d\d:\d\d) of training left)?\]", output)
+    assert {f[0] for f in frames} == {"1", "2"} and any(f[1] == "69" for f in frames), output[:3000]
+    assert any(f[4] for f in frames if f[0] == "2"), "the loss and the time left reach the bar"
+    lines = [line for line in re.split(r"[\r\n]+", output) if line.strip()]
+    assert any(re.match(r"\[\d\d:\d\d:\d\d\] epoch 2/2 \| train loss", line) for line in lines)
+    assert any("test (best checkpoint" in line for line in lines)
+    assert not re.search(r"epoch \d \[\d+/70\] loss", output)  # the bar replaces the plain lines
+
+
+def test_off_a_terminal_a_line_per_tenth_of_an_epoch(tmp_path):
+    """A log file or a pipe gets no bar: a plain line about every tenth of an epoch, the last tenth left to the
+    epoch's own line. In-process: pytest's stderr is not a terminal."""
+    import re
+
+    import alexnet
+
+    alexnet.train([*TINY, "model.width=0.0625", "data.train_size=2100", "data.val_size=100", "data.test_size=50",
+                   "data.batch_size=50", "trainer.epochs=1", "trainer.log_every_n_steps=1", "wandb.mode=disabled"],
+                  run_dir=tmp_path / "run")
+    log = (tmp_path / "run" / "run.log").read_text()
+    batches = [int(b) for b in re.findall(r"epoch 1 \[(\d+)/40\] loss", log)]
+    assert batches == [4, 8, 12, 16, 20, 24, 28, 32, 36], log
+    assert "\r" not in log and "batch/s" not in log
+
+
 def test_a_smoke_run_prints_about_a_dozen_lines_and_logs_everything_to_its_file(tmp_path):
     """The console: a header, a line per log step and epoch, the test; no config dump and none of W&B's own
     summary (its own lines come back with WANDB_SILENT=false). run.log keeps it all."""
