@@ -364,10 +364,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="training variants, comma-separated (default: seed,bare,ours and, on CUDA, "
                              "ours+compile=true); 'none' measures the data pipeline only")
     parser.add_argument("--data-variants", default="seed,ours", help="data pipelines: seed,ours or 'none'")
-    parser.add_argument("--steps", type=int, default=20, help="steps (batches) per timed segment")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed segments first")
-    parser.add_argument("--repeats", type=int, default=5, help="timed segments; the median is reported")
-    parser.add_argument("--data-steps", type=int, default=None, help="batches per data segment (default: --steps)")
+    parser.add_argument("--steps", type=int, help="steps (batches) per timed segment (default: 20 on CUDA, 1 on "
+                                                  "a CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed segments first (default: 2 on CUDA, 1 on a CPU)")
+    parser.add_argument("--repeats", type=int, help="timed segments; the median is reported (default: 5 on CUDA, "
+                                                    "3 on a CPU)")
+    parser.add_argument("--data-steps", type=int, default=None,
+                        help="batches per data segment (default: --steps on CUDA, 10 on a CPU)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="seed-style DataLoader workers (default: one per core)")
     parser.add_argument("--profile", action="store_true",
@@ -378,18 +381,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for a in overrides:
         if a.startswith("-"):
             parser.error(f"unknown option {a}")
-    for flag in ("steps", "warmup", "repeats", "workers"):
-        if getattr(args, flag) < (0 if flag in ("warmup", "workers") else 1):
+    for flag in ("steps", "warmup", "repeats", "workers", "data_steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < (0 if flag in ("warmup", "workers") else 1):
             parser.error(f"--{flag} must be at least {0 if flag in ('warmup', 'workers') else 1}")
     args.overrides = [f"{SHORTHANDS[k]}={v}" for k, v in vars(args).items() if k in SHORTHANDS and v is not None]
     args.overrides += overrides
     return args
 
 
+# What a measurement runs when not told: on a GPU, enough steps for stable medians; on a CPU, where one step of
+# alexnet at 224 (batch 128) takes about 5 s, about a minute for the default config.
+SEGMENTS = {"cuda": {"steps": 20, "warmup": 2, "repeats": 5, "data_steps": None},
+            "cpu": {"steps": 1, "warmup": 1, "repeats": 3, "data_steps": 10}}
+
+
+def size_to_device(args: argparse.Namespace, device: torch.device) -> None:
+    """Fill in the segment sizes the command line left out with the device's defaults."""
+    for flag, value in SEGMENTS[device.type].items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+
+
+def progress(done: int, total: int, what: str) -> None:
+    """A line before each measurement, so that a slow device still shows the bench moving."""
+    print(f"[{done + 1}/{total}] {what} ...", file=sys.stderr, flush=True)
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def run(args: argparse.Namespace) -> dict:
     torch_defaults = performance.backend_flags()
     base = to_typed(compose(args.overrides))
     device = resolve_device(base.trainer.device.value)
+    size_to_device(args, device)
     # Process-wide, before anything runs, so that the seed-style loop (and its workers) get it too.
     reused = performance.reuse_freed_memory() if device.type == "cpu" else None
     names = args.variants.split(",") if args.variants else (
@@ -408,11 +434,15 @@ def run(args: argparse.Namespace) -> dict:
     split = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
                   torch.randint(0, 10, (n,), generator=generator))
     result = {"machine": {**machine(device), "cpu_allocator_keeps_freed_memory": reused}, "model": dataclasses.asdict(base.model), "batch_size": batch,
-              "input_size": base.model.input_size, "steps": args.steps, "warmup": args.warmup,
+              "input_size": base.model.input_size, "steps": args.steps, "data_steps": data_steps,
+              "warmup": args.warmup,
               "repeats": args.repeats, "workers": args.workers, "overrides": args.overrides,
               "flops_per_image": train_flops_per_image(base), "data": {}, "train": {}}
 
-    for name in data_names:
+    total = len(data_names) + len(variants) + 1 + bool(args.profile)  # the checkpoint timing is one more
+    segments_said = f"{args.warmup} warm-up + {args.repeats} timed segments of"
+    for i, name in enumerate(data_names):
+        progress(i, total, f"data {name}: {segments_said} {plural(data_steps, 'batch', 'batches')}")
         if name == "seed":
             batches = seed_style_batches(seed_style_loader(split, base, args.workers, device), device)
         else:
@@ -430,7 +460,8 @@ def run(args: argparse.Namespace) -> dict:
     use_backend_flags(Variant("ours", "ours", ours_cfg), torch_defaults, device)  # fp32: TF32 if the trainer has it
     result["peak_tflops"] = {p: matmul_peak_tflops(DTYPES[p] or torch.float32, device, args.repeats)
                              for p in precisions}
-    for variant in variants:
+    for i, variant in enumerate(variants, start=len(data_names)):
+        progress(i, total, f"train {variant.name}: {segments_said} {plural(args.steps, 'step', 'steps')}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -450,8 +481,10 @@ def run(args: argparse.Namespace) -> dict:
             peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
         result["train"][variant.name] = figures
         print(f"train {variant.name}: {figures['images_per_s']:,.0f} images/s", file=sys.stderr)
+    progress(total - 1 - bool(args.profile), total, "checkpoint write")
     result["checkpoint"] = checkpoint_seconds(ours_cfg, device)
     if args.profile:
+        progress(total - 1, total, f"profile of ours: {plural(args.steps, 'step', 'steps')}")
         ours = next((v for v in variants if v.name == "ours"), None) or parse_variants(["ours"], args.overrides,
                                                                                      device)[0]
         use_backend_flags(ours, torch_defaults, device)

@@ -310,6 +310,14 @@ def test_bench_measures_every_part_and_writes_json(cli, tmp_path):
     assert figures["ratios"]["train ours / bare"] == pytest.approx(ours / bare)
     assert figures["train"]["ours"]["tflops"] == pytest.approx(ours * figures["flops_per_image"] / 1e12)
     assert 0 < figures["peak_tflops"]["fp32"] and "data pipeline" in result.stdout and "vs bare" in result.stdout
+    progress = [line for line in result.stderr.splitlines() if line.startswith("[")]  # a line as each part starts
+    assert progress == ["[1/7] data seed: 1 warm-up + 2 timed segments of 10 batches ...",
+                        "[2/7] data ours: 1 warm-up + 2 timed segments of 10 batches ...",
+                        "[3/7] train seed: 1 warm-up + 2 timed segments of 2 steps ...",
+                        "[4/7] train bare: 1 warm-up + 2 timed segments of 2 steps ...",
+                        "[5/7] train ours: 1 warm-up + 2 timed segments of 2 steps ...",
+                        "[6/7] train ours+impl=foreach: 1 warm-up + 2 timed segments of 2 steps ...",
+                        "[7/7] checkpoint write ..."], result.stderr
     checkpoint = figures["checkpoint"]  # model + SGD momentum in fp32, plus pickling's overhead
     params = sum(p.numel() for p in build_model("alexnet_cifar", width=0.125).parameters())
     assert 8 * params < checkpoint["bytes"] < 8 * params * 1.1 + 2**16 and checkpoint["write_s"] > 0
@@ -326,6 +334,19 @@ def test_bench_measures_every_part_and_writes_json(cli, tmp_path):
 def test_bench_errors_name_the_fix(cli, args, message):
     result = cli(*args, "--steps", "1", "--repeats", "1", "--data-variants", "none", module="bench")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("given", [[], ["--steps", "4"], ["--repeats", "2", "--data-steps", "7"]])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bench_segments_are_sized_to_the_device_unless_given(given, device):
+    """About a minute for the default config on a CPU (one step of alexnet at 224 takes ~5 s there)."""
+    from alexnet.bench import SEGMENTS, parse_args, size_to_device
+
+    args = parse_args(given)
+    size_to_device(args, torch.device(device))
+    stated = {k.lstrip("-").replace("-", "_"): int(v) for k, v in zip(given[::2], given[1::2])}
+    assert {k: getattr(args, k) for k in SEGMENTS[device]} == {**SEGMENTS[device], **stated}
+    assert SEGMENTS["cpu"]["steps"] * (SEGMENTS["cpu"]["warmup"] + SEGMENTS["cpu"]["repeats"]) <= 4
 
 
 def test_bench_rejects_bad_numbers(cli):
