@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Glob
+from hydra.core.override_parser.types import Glob, IntervalSweep
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -97,10 +97,13 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         raise ConfigError(f"{first_line(e)}. Fix the override's syntax (`key=value`; quote a value that holds `=`, "
                           f"`,` or spaces: key='a=b,c'; to sweep the values of key=a,b, add -m).") from e
     if not multirun:
-        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        sweeps = [o for o in parsed if o.is_sweep_override()]
+        if sweeps and isinstance(sweeps[0].value(), IntervalSweep):
+            raise ConfigError(f"{sweeps[0].input_line} is a range to search, but this is a single run. Fix: "
+                              f"{SEARCH_FIX.format('-m ')}, or give one value.")
         if sweeps:
-            raise ConfigError(f"{sweeps[0]} is a sweep, but this is a single run. Fix: add -m to run one job per "
-                              f"value, or write a list value as key=[a,b].")
+            raise ConfigError(f"{sweeps[0].input_line} is a sweep, but this is a single run. Fix: add -m to run one "
+                              f"job per value, or write a list value as key=[a,b].")
         return [overrides]
     first, alternatives = [], []
     for o in parsed:
@@ -116,6 +119,22 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     for index, replacement in alternatives:
         checks.append(first[:index] + [replacement] + first[index + 1:])
     return checks
+
+
+SEARCH_FIX = ("add {}hydra/sweeper=optuna hydra.sweeper.n_trials=N to sample N values from it (the default "
+              "sweeper takes lists: key=a,b,c)")
+
+
+def check_sweeper_takes(overrides: list[str], cfg: DictConfig) -> None:
+    """interval() is for a sweeper that samples (Optuna); Hydra's basic sweeper stops with a bare
+    'does not support sweep type : INTERVAL_SWEEP' only once the sweep starts."""
+    if "BasicSweeper" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_")):
+        return
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    ranges = [o.input_line for o in parsed if o.is_sweep_override() and isinstance(o.value(), IntervalSweep)]
+    if ranges:
+        raise ConfigError(f"{ranges[0]} is a range to search, which the default (basic) sweeper cannot sweep. "
+                          f"Fix: {SEARCH_FIX.format('')}.")
 
 
 def diagnose(error: Exception, overrides: list[str], config_name: str = "config") -> ConfigError:
@@ -162,6 +181,7 @@ def check(argv: list[str], config_name: str = "config",
         if overrides is checks[0] and not any(a in ("--cfg", "-c") for a in argv):
             check_output_dir(cfg, multirun=split[1])
             if split[1]:
+                check_sweeper_takes([*split[0], *sweep_params], cfg)
                 check_same_sweep(Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))), split[0])
         checked.append((overrides, typed))
     return checked

@@ -174,6 +174,11 @@ def test_printing_hydras_config_resolved_makes_no_run_dir(cli):
     (["model.dropout=${model.dropout}"], "model.dropout: Recursive interpolation detected. Fix:"),
     (["hydra.run.dir=''"], "would write the record into the working directory itself"),
     (["ckpt=a=b/best.pt"], "quote a value that holds `=`"),
+    # interval() under the basic sweeper was Hydra's bare "does not support sweep type : INTERVAL_SWEEP"
+    (["-m", "model.dropout=interval(0,0.5)"], "is a range to search, which the default (basic) sweeper cannot "
+                                              "sweep. Fix: add hydra/sweeper=optuna hydra.sweeper.n_trials=N"),
+    (["model.dropout=interval(0,0.5)"], "is a range to search, but this is a single run. Fix: add -m "
+                                        "hydra/sweeper=optuna"),
 ])
 def test_hostile_overrides_get_one_line_naming_the_fix(argv, message):
     from alexnet.errors import UserError
@@ -182,6 +187,14 @@ def test_hostile_overrides_get_one_line_naming_the_fix(argv, message):
     with pytest.raises(UserError) as refused:
         check(["data=synthetic", *argv])
     assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1, str(refused.value)
+
+
+def test_a_range_passes_the_checks_under_the_optuna_sweeper(tmp_path):
+    from alexnet.overrides import check
+
+    jobs = check(["-m", "data=synthetic", "model.dropout=interval(0,0.5)", "hydra/sweeper=optuna",
+                  f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert jobs and not (tmp_path / "sweep").exists()
 
 
 def test_a_quoted_checkpoint_path_is_read_as_hydra_reads_it():
