@@ -57,7 +57,8 @@ def train(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | Non
     except (HydraException, OmegaConfBaseException) as e:  # a mistyped key, option or value
         check(overrides)  # raises ConfigError with the CLI's message, naming the override
         raise ConfigError(str(e)) from e
-    hydra_node = dict_cfg.hydra
+    with_hydra = dict_cfg.copy()  # hydra.run.dir interpolates other hydra.* keys: resolve it in the whole config
+    hydra_node = with_hydra.hydra
     with open_dict(dict_cfg):
         del dict_cfg["hydra"]
     cfg = to_typed(dict_cfg)  # every check before the run dir is chosen (and locked)

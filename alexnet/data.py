@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, missing_folders, remove_if_empty
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 2  # bump when the cached tensors would differ (layout, decoder)
@@ -66,10 +66,16 @@ def _corrupt_cifar_archive(root: str) -> str | None:
 def _cifar10(cfg) -> tuple[Split, Split, list[str]]:
     import torchvision
 
+    archive = Path(cfg.root, torchvision.datasets.CIFAR10.filename)
+
     def load(train: bool):
+        new_folders, had_archive = missing_folders(cfg.root), archive.exists()
         try:
             ds = torchvision.datasets.CIFAR10(cfg.root, train=train, download=cfg.download)
         except (RuntimeError, OSError) as e:
+            if not had_archive:  # a download cut off midway leaves a partial archive: not ours to keep
+                archive.unlink(missing_ok=True)
+            remove_if_empty(new_folders)
             if corrupt := _corrupt_cifar_archive(cfg.root):
                 raise DataError(corrupt) from e
             if isinstance(e, OSError):

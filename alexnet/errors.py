@@ -83,6 +83,22 @@ def message_of(error: BaseException) -> str | None:
     return None
 
 
+def missing_folders(path) -> list:
+    """`path` and those of its parents that do not exist yet, deepest first: what making `path` creates."""
+    from pathlib import Path
+
+    path = Path(path).absolute()
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_if_empty(folders: list) -> None:
+    """Undo `missing_folders`' making after a failure, so that nothing is left half-made: each folder, deepest
+    first, if it is empty (one that holds anything, or that another process filled meanwhile, stays)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 def exit_at_once_on_ctrl_c() -> None:
     """From here on a Ctrl-C ends the process at once (exit 130), without a traceback from the shutdown."""
     if threading.current_thread() is threading.main_thread():

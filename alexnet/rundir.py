@@ -23,11 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from alexnet.errors import RunDirRefused
+from alexnet.errors import RunDirRefused, missing_folders, remove_if_empty
 
 _HELD: dict[Path, int] = {}  # run dir -> the open lock file: this process's locks
 NOTES: list[str] = []  # what choosing the run dir found, for the run's log (logging is not set up yet then)
 MADE: list[Path] = []  # the fresh run dirs `choose_run_dir` made in this process
+NEW_FOLDERS: dict[Path, list[Path]] = {}  # a made run dir -> the folders above it that making it created
 MADE_SWEEPS: list[Path] = []  # the sweep dirs a multirun of this process made
 _CHOSEN: dict[tuple, str] = {}  # choose_run_dir's arguments -> its answer, in this process
 NAME_ONLY = False  # set by commands that train nothing (--cfg, alexnet.evaluate): the resolver makes no dir
@@ -166,10 +167,12 @@ def _choose(root: str, fresh: str, overrides: list[str], resume: str) -> str:
         NOTES.append(f"the interrupted run {run_dir} of this command is being resumed by {holder(run_dir)}; "
                      f"this one starts afresh in its own run dir")
     candidate, n = Path(root, fresh), 1
+    new_folders = missing_folders(candidate)[1:]
     while candidate.exists() or not try_lock(candidate):  # another command started within the same second
         n += 1
         candidate = Path(root, f"{fresh}-{n}")
     MADE.append(candidate)
+    NEW_FOLDERS[candidate.absolute()] = new_folders
     return str(candidate)
 
 
@@ -247,12 +250,14 @@ def only_start_files(run_dir: Path) -> bool:
 
 
 def _remove(run_dir: Path) -> None:
-    """Remove a run dir of this process's, and outputs/<date>/ when it was that folder's only run."""
+    """Remove a run dir of this process's, outputs/<date>/ when it was that folder's only run, and the folders
+    above it that making it created (outputs/ in a fresh working directory) when they are empty."""
     unlock(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):  # rmdir refuses a folder that holds other runs
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
             run_dir.parent.rmdir()
+    remove_if_empty(NEW_FOLDERS.get(Path(run_dir).absolute(), []))
 
 
 def leave_as_found(run_dir: Path, log_size: int) -> None:

@@ -234,3 +234,23 @@ def test_a_corrupt_cifar_archive_is_called_corrupt(tmp_path, monkeypatch, downlo
     cfg = to_typed(compose(["data=cifar10", f"data.root={tmp_path}", f"data.download={str(download).lower()}"]))
     with pytest.raises(DataError, match="cifar-10-python.tar.gz is there but corrupt"):
         load_dataset(cfg.data)
+
+
+def test_a_failed_download_leaves_no_folder_or_partial_archive_behind(tmp_path, monkeypatch):
+    """Cut off midway: the partial archive, data.root's new folders and the run's outputs/ all go; the error says
+    what to do. A folder that was there before stays."""
+    import alexnet
+    import torchvision.datasets.utils as tv_utils
+
+    def cut_off(url, root, filename=None, md5=None, **kwargs):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision's own download_url does
+        Path(root, filename or "cifar-10-python.tar.gz").write_bytes(b"the first bytes")
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(tv_utils, "download_url", cut_off)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kept").mkdir()
+    for root in ("new/cifar", "kept"):
+        with pytest.raises(DataError, match=f"could not download CIFAR-10 into data.root={root}: connection reset"):
+            alexnet.train(["data=cifar10", f"data.root={root}", "debug=smoke", "wandb.mode=disabled"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())

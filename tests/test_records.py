@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -515,6 +516,17 @@ def test_the_api_raises_the_clis_message_for_a_mistyped_override_and_makes_no_ru
     with pytest.raises(UserError, match="optimizer.lr=-1.0 is not allowed"):
         alexnet.train(["data=synthetic", "optimizer.lr=-1"])
     assert not (tmp_path / "outputs").exists() and not rundir._HELD  # no run dir made, no lock held
+
+
+def test_the_api_picks_the_run_dir_as_the_cli_does(tmp_path, monkeypatch):
+    """Without run_dir: outputs/<date>/<time>. (It raised InterpolationKeyError: hydra.run.dir was resolved after
+    the hydra node was cut from the config.)"""
+    monkeypatch.chdir(tmp_path)
+    summary = alexnet.train([*TINY, "model.width=0.0625", "debug=smoke", "wandb.mode=disabled"])
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}", str(run_dir.relative_to(tmp_path / "outputs")))
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-2])["_summary"] == summary
 
 
 def test_a_report_leaves_out_a_damaged_run_and_says_why(tmp_path, capsys):
