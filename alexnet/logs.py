@@ -7,14 +7,34 @@ from __future__ import annotations
 import logging
 import os
 
+from tqdm import tqdm
+
 FILE_ONLY = {"file_only": True}  # `log.info(..., extra=FILE_ONLY)`: the log file, not the console
 
 
 class ConsoleFilter(logging.Filter):
+    """`warnings`: this handler's share, warnings and errors (stderr) or the rest (stdout)."""
+
+    def __init__(self, warnings: bool = False) -> None:
+        super().__init__()
+        self.warnings = warnings
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno >= logging.WARNING) != self.warnings:
+            return False
         if int(os.environ.get("RANK", "0")) > 0:  # under torchrun rank 0 speaks for all; the others only warn
-            return record.levelno >= logging.WARNING
+            return self.warnings
         return not getattr(record, "file_only", False) or logging.getLogger("alexnet").isEnabledFor(logging.DEBUG)
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Writes through tqdm, which lifts a progress bar off the line first and draws it again below."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
 
 
 class ConsoleFormatter(logging.Formatter):

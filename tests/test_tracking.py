@@ -55,8 +55,8 @@ def test_online_without_a_key_trains_and_keeps_an_offline_run(cli, tmp_path):
     result = cli(*overrides, "debug=smoke", "wandb.mode=online", HOME=str(home), WANDB_API_KEY="",
                  NETRC=str(home / "netrc"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "W&B could not start an online run" in result.stdout and "the run is kept offline" in result.stdout
-    assert "Upload it later with: wandb sync" in result.stdout
+    assert "W&B could not start an online run" in result.stderr and "the run is kept offline" in result.stderr
+    assert "Upload it later with: wandb sync" in result.stderr  # the warning's own fix
     (run_dir,) = {p.parent for p in cli.cwd.glob("outputs/*/*/metrics.jsonl")}
     (path,) = offline_runs(run_dir)
     run = read_run(path)
@@ -77,7 +77,7 @@ def test_unreachable_server_keeps_the_run_offline_within_bounded_time(cli, tmp_p
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-2000:]
     assert elapsed < 120, f"took {elapsed:.0f}s"
-    warnings = [line for line in result.stdout.splitlines() if "warning:" in line]  # the console's marker
+    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]  # the console's marker, on stderr
     assert len(warnings) == 1 and "could not start an online run" in warnings[0] and "wandb sync" in warnings[0]
     (run_dir,) = {p.parent for p in cli.cwd.glob("outputs/*/*/metrics.jsonl")}
     (path,) = offline_runs(run_dir)
