@@ -441,10 +441,21 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def compose(overrides: list[str] = (), return_hydra_config: bool = False, config_name: str = "config") -> DictConfig:
     """The run config for these overrides, composed as `python -m alexnet.run` would (for tools and tests);
-    config_name="evaluate" composes alexnet.evaluate's."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=normalize_argv(list(overrides)),
-                             return_hydra_config=return_hydra_config)
+    config_name="evaluate" composes alexnet.evaluate's. Works inside a running Hydra app too (a sweep's end
+    writes its report): that app's Hydra is set aside meanwhile."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    outer = get_gh_backup() if GlobalHydra.instance().is_initialized() else None
+    if outer is not None:
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=normalize_argv(list(overrides)),
+                                 return_hydra_config=return_hydra_config)
+    finally:
+        if outer is not None:
+            restore_gh_from_backup(outer)
 
 
 register_configs()

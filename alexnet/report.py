@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.config import flatten
+from alexnet.effects import effects
 from alexnet.errors import UserError, contract
 from alexnet.rundir import metrics_rows
 
@@ -241,7 +242,37 @@ def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- writing
 
-def write_report(runs: list[RunRecord], out: Path, title: str) -> dict:
+def config_defaults() -> dict:
+    """The config's own value of every key (`python -m alexnet.run` with no overrides): each factor's baseline
+    unless --baseline names another."""
+    from omegaconf import OmegaConf
+
+    from alexnet.config import compose
+
+    return flatten(OmegaConf.to_container(compose([]), resolve=True))
+
+
+def effect_lines(runs: list[RunRecord], keys: list[str], baseline: dict | None) -> list[str]:
+    """The answer first, in plain words: each level of each varied value against its baseline."""
+    for key, value in (baseline or {}).items():
+        if key not in keys:
+            raise ReportError(f"--baseline {key}={value}: {key} does not vary between these runs. Fix: a key "
+                              f"that varies: {', '.join(keys) or 'none does (the runs differ in seed only)'}.")
+        levels = sorted({str(r.config.get(key)) for r in runs})
+        if str(value) not in levels:
+            raise ReportError(f"--baseline {key}={value}: no run has {key}={value}. Fix: one of "
+                              f"{', '.join(levels)}.")
+    found, baselines = effects(runs, keys, config_defaults(), baseline)
+    lines = [effect.sentence() for effect in found]
+    sources = "; ".join(f"{key}: {value} ({source})" for key, (value, source) in baselines.items())
+    if lines:
+        lines.append(f"Baselines: {sources}. Differences of mean test accuracy over the seeds of each side"
+                     + ("; each level against the baseline at the same values of the other varied keys."
+                        if len(keys) > 1 else "."))
+    return lines
+
+
+def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | None = None) -> dict:
     """Write report.md, report.html and the plot PNGs into `out`; returns what it wrote and found."""
     finished = [r for r in runs if r.status == "finished"]
     skipped = [r for r in runs if r.status != "finished"]
@@ -250,6 +281,7 @@ def write_report(runs: list[RunRecord], out: Path, title: str) -> dict:
             f"{r.name} ({r.status})" for r in skipped) + ". Fix: finish or re-run them, then report again.")
     keys = varied_keys(finished)
     rows = compare(finished, keys)
+    answers = effect_lines(finished, keys, baseline)  # refuses a --baseline the runs lack before writing
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_val_acc(rows, keys, out / "val_acc_vs_epoch.png")]
     plots += [plot_test_acc(rows, key, out / f"test_acc_vs_{key.replace('.', '_')}.png") for key in keys]
@@ -262,6 +294,8 @@ def write_report(runs: list[RunRecord], out: Path, title: str) -> dict:
 
     md = [f"# {title}", "", f"{len(finished)} finished runs, {len(rows)} configurations; varied: "
           f"{', '.join(keys) or 'nothing'}. Mean ± std over seeds; sorted by test accuracy.", ""]
+    if answers:
+        md += [*[f"- {line}" for line in answers[:-1]], "", answers[-1], ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(cells) + " |" for cells in body]
     md += ["", *[f"> {n}" for n in notes], "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
@@ -274,12 +308,14 @@ def write_report(runs: list[RunRecord], out: Path, title: str) -> dict:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}img{max-width:100%;display:block;margin:1em 0}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(md[2])}</p><table><tr>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(md[2])}</p>"
+            + (f"<ul>{''.join(f'<li>{html.escape(a)}</li>' for a in answers[:-1])}</ul>"
+               f"<p><small>{html.escape(answers[-1])}</small></p>" if answers else "") + "<table><tr>"
             + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>"
             + "".join(f"<p><em>{html.escape(n)}</em></p>" for n in notes)
             + "".join(embedded(p) for p in plots) + "</body></html>")
     (out / "report.html").write_text(page)
-    return {"rows": rows, "keys": keys, "plots": plots, "skipped": skipped, "notes": notes}
+    return {"rows": rows, "keys": keys, "plots": plots, "skipped": skipped, "notes": notes, "effects": answers}
 
 
 def build_wandb_report(entity: str, project: str, group: str, keys: list[str]):
@@ -305,8 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a W&B server instead")
     parser.add_argument("--group", help="with --wandb: the W&B group of the sweep")
     parser.add_argument("--out", type=Path, help="where to write the report (default: the first PATH)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                        help="the level of a varied value that the others are compared with (default: the "
+                             "config's own value); repeat for several keys")
     args = parser.parse_args(argv)
     with contract(interrupted="interrupted (Ctrl-C): the report may be incomplete; run the same command again"):
+        baseline = dict(b.split("=", 1) for b in args.baseline if "=" in b)
+        if len(baseline) != len(args.baseline):
+            raise ReportError(f"--baseline takes KEY=VALUE, e.g. --baseline model.dropout=0.0 (got "
+                              f"{', '.join(b for b in args.baseline if '=' not in b)})")
         if args.wandb:
             if not args.group or args.wandb.count("/") != 1:
                 raise ReportError("--wandb needs ENTITY/PROJECT and --group GROUP, e.g. "
@@ -328,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"no runs found in {where}. Fix: pass a multirun dir (multirun/<date>/<time>) or run "
                               f"dirs; a run dir holds .hydra/config.yaml and metrics.jsonl.")
         try:
-            result = write_report(runs, out, f"Comparison of {where}")
+            result = write_report(runs, out, f"Comparison of {where}", baseline)
         except OSError as e:
             raise ReportError(f"cannot write the report to {out}: {e.strerror or e}. Fix: --out DIR, a folder you "
                               f"can write to.") from e
         for note in result["notes"]:
             print(f"note: {note}", file=sys.stderr)
+        print("\n".join(result["effects"]))
         header, body = table(result["rows"], result["keys"])
         print(" | ".join(header))
         print("\n".join(" | ".join(cells) for cells in body))

@@ -26,6 +26,8 @@ def sweep(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = cwd.glob("multirun/*/*")
     assert len(list(sweep_dir.glob("*/metrics.jsonl"))) == 4
+    # the sweep's own report at its end (a failing callback is only a UserWarning to Hydra: look for its output)
+    assert "model.dropout 0.0 vs 0.5: " in (sweep_dir / "report.md").read_text() and "UserWarning" not in result.stderr
     return sweep_dir
 
 
@@ -184,7 +186,7 @@ def test_evaluate_with_changed_data(sweep, tmp_path):
                                   "model.dropout=0.9", "wandb.mode=disabled"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(100 images)" in result.stdout  # the checkpoint's data, with the override on top
-    assert "model overrides are ignored" in result.stdout
+    assert "warning: model overrides are ignored" in result.stderr
 
 
 def flipped_byte_checkpoint(path):
@@ -224,3 +226,98 @@ def test_fields_that_come_with_a_group_option_are_not_factors():
     # ... but a field swept within one option is a factor of its own
     runs.append(run("sgd", 0.1, 0.9, 0.0))
     assert varied_keys(runs) == ["model.dropout", "optimizer.lr", "optimizer.name"]
+
+
+# --- effect sizes ---------------------------------------------------------------------------------------------
+def test_the_welch_interval_and_p_value_match_a_hand_computation():
+    """Welch (1947) by hand: the standard error, the Welch-Satterthwaite degrees of freedom, the t quantile."""
+    import math
+
+    from scipy.stats import t
+
+    from alexnet.effects import welch
+
+    a, b = [0.70, 0.72, 0.71], [0.66, 0.67, 0.69]
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3  # 0.0001 / 3 and 0.000233 / 3
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    assert df == pytest.approx(3.448, abs=1e-3)
+    difference = 0.71 - statistics.fmean(b)
+    got = welch(a, b)
+    assert got[0] == pytest.approx(difference)
+    assert got[1:3] == pytest.approx((difference - t.ppf(0.975, df) * se, difference + t.ppf(0.975, df) * se))
+    assert got[3] == pytest.approx(2 * t.sf(difference / se, df))
+    assert welch([0.7], [0.6, 0.65])[1:] == (None, None, None)  # one seed: no spread, no interval
+
+
+def test_an_effect_reads_as_a_sentence():
+    from alexnet.effects import Effect
+
+    assert Effect("model.dropout", 0.5, 0.0, 3, 3, 0.041, 0.020, 0.062, 0.004).sentence() == (
+        "model.dropout 0.5 vs 0.0: +4.1 points test accuracy (95% CI +2.0 to +6.2, 3 seeds each, Welch p = 0.004)")
+    assert Effect("model.lrn", True, False, 1, 1, -0.012, None, None, None).sentence() == (
+        "model.lrn True vs False: -1.2 points test accuracy (no interval: 1 seed each, and one seed has no spread)")
+
+
+def test_baselines_come_from_the_flag_the_config_or_the_first_level():
+    from alexnet.effects import baseline_level
+
+    assert baseline_level("model.dropout", [0.0, 0.5], {"model.dropout": 0.5}, {}) == (0.5, "the config's default")
+    assert baseline_level("model.dropout", [0.0, 0.5], {"model.dropout": 0.5}, {"model.dropout": "0.0"})[0] == 0.0
+    assert baseline_level("model.input_size", [32, 64], {"model.input_size": 224}, {})[0] == 32
+
+
+def test_the_report_opens_with_each_effect_and_its_interval(sweep, report):
+    """On the real 4-job sweep: dropout 0.0 against the config's 0.5, two seeds each, the numbers recomputed."""
+    from alexnet.effects import welch
+
+    out, result = report
+    by_dropout = {d: [summary_of(j)["test/acc"] for j in jobs(sweep) if config_of(j)["model"]["dropout"] == d]
+                  for d in (0.0, 0.5)}
+    difference, low, high, p = welch(by_dropout[0.0], by_dropout[0.5])
+    line = (f"model.dropout 0.0 vs 0.5: {100 * difference:+.1f} points test accuracy (95% CI {100 * low:+.1f} to "
+            f"{100 * high:+.1f}, 2 seeds each, Welch p = {p:.2g})")
+    assert f"- {line}" in (out / "report.md").read_text().split("| model.dropout")[0]  # before the table
+    assert line in result.stdout and "Baselines: model.dropout: 0.5 (the config's default)" in result.stdout
+    assert line in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("baseline,message", [
+    ("model.lrn=true", "model.lrn does not vary between these runs. Fix: a key that varies: model.dropout"),
+    ("model.dropout=0.3", "no run has model.dropout=0.3. Fix: one of 0.0, 0.5"),
+    ("model.dropout", "--baseline takes KEY=VALUE"),
+])
+def test_a_baseline_that_is_not_in_the_runs_is_refused(sweep, tmp_path, baseline, message):
+    result = run_cli("report", [str(sweep), "--out", str(tmp_path / "r"), "--baseline", baseline], tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_chosen_baseline_turns_the_comparison_around(sweep, tmp_path):
+    result = run_cli("report", [str(sweep), "--out", str(tmp_path), "--baseline", "model.dropout=0.0"], tmp_path)
+    assert result.returncode == 0 and "model.dropout 0.5 vs 0.0: " in result.stdout
+    assert "model.dropout: 0.0 (--baseline)" in result.stdout
+
+
+def test_with_two_factors_each_level_is_compared_at_the_same_values_of_the_other():
+    """Pooling dropout over optimizers whose accuracies differ by 60 points would bury dropout's effect."""
+    from alexnet.effects import MAX_LEVELS, effects
+    from alexnet.report import RunRecord
+
+    def run(optimizer, dropout, acc):
+        return RunRecord("r", {"optimizer.name": optimizer, "model.dropout": dropout}, "finished", {"test/acc": acc})
+
+    runs = [run("adam", 0.0, a) for a in (0.90, 0.905)] + [run("adam", 0.5, a) for a in (0.95, 0.955)]
+    runs += [run("sgd", 0.0, a) for a in (0.30, 0.305)] + [run("sgd", 0.5, a) for a in (0.35, 0.355)]
+    found, baselines = effects(runs, ["model.dropout", "optimizer.name"],
+                               {"model.dropout": 0.5, "optimizer.name": "sgd"})
+    dropout = [e for e in found if e.key == "model.dropout"]
+    assert [(e.given, round(e.difference, 6), e.n) for e in dropout] == [
+        ((("optimizer.name", "adam"),), -0.05, 2), ((("optimizer.name", "sgd"),), -0.05, 2)]
+    assert all(e.high < 0 for e in dropout)  # pooled over the optimizers, the interval would straddle zero
+    from alexnet.effects import welch
+    assert welch([0.90, 0.905, 0.30, 0.305], [0.95, 0.955, 0.35, 0.355])[2] > 0
+    assert baselines == {"model.dropout": (0.5, "the config's default"), "optimizer.name": ("sgd", "the config's default")}
+    assert dropout[0].sentence().startswith("model.dropout 0.0 vs 0.5 with optimizer.name=adam: -5.0 points")
+    search = [run("sgd", d / 100, 0.5) for d in range(MAX_LEVELS + 1)]
+    assert effects(search, ["model.dropout"], {})[0] == []  # a search: the table and plots answer it
