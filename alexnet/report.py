@@ -14,6 +14,7 @@ quiet_ctrl_c_while_starting(__name__)  # before the heavy imports below
 import argparse
 import base64
 import html
+import math
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -202,18 +203,51 @@ def _save(fig, ax, path: Path) -> Path:
     return path
 
 
-def plot_val_acc(rows: list[Row], keys: list[str], path: Path) -> Path:
+CURVES = [  # (file stem, y key, x key, title): per configuration, the mean over seeds with a min-max band
+    ("val_acc_vs_epoch", "val/acc", "epoch", "Validation accuracy"),
+    ("val_acc_vs_time", "val/acc", "train/elapsed", "Validation accuracy against seconds of training"),
+    ("train_loss_vs_epoch", "train/loss_epoch", "epoch", "Training loss"),
+]
+
+
+def mean_curve(runs: list[RunRecord], y: str, x: str) -> tuple[list, list, list, list]:
+    """(x, mean y, min y, max y) over the runs at each epoch that every run reached and logged; x is the mean
+    over runs (seconds of training differ between seeds)."""
+    per_epoch = [{e["epoch"]: e for e in run.epochs if y in e and x in e} for run in runs]
+    epochs = sorted(set.intersection(*(set(p) for p in per_epoch))) if per_epoch else []
+    xs = [statistics.fmean(p[n][x] for p in per_epoch) for n in epochs]
+    ys = [[p[n][y] for p in per_epoch] for n in epochs]
+    return xs, [statistics.fmean(v) for v in ys], [min(v) for v in ys], [max(v) for v in ys]
+
+
+def plot_curves(rows: list[Row], keys: list[str], y: str, x: str, title: str, path: Path) -> Path:
+    """One colour per configuration (tab20: 20 stay apart; the legend sits outside the axes), the mean over
+    its seeds as a line, their range as a band."""
+    import matplotlib
     import matplotlib.ticker
 
-    fig, ax = _figure((7, 4.5))
-    colours = matplotlib.colormaps["tab10"]
+    fig, ax = _figure((9, 4.8) if len(rows) > 6 else (7, 4.5))
+    colours = matplotlib.colormaps["tab20" if len(rows) > 10 else "tab10"]
     for i, row in enumerate(rows):
-        for j, run in enumerate(row.runs):
-            epochs = [e["epoch"] for e in run.epochs]
-            ax.plot(epochs, [e["val/acc"] for e in run.epochs], color=colours(i % 10), marker="o", markersize=3,
-                    alpha=0.85, label=_label(row, keys) if j == 0 else None)
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per run")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        xs, mean, low, high = mean_curve(row.runs, y, x)
+        colour = colours(i % colours.N)
+        seeds = f" ({len(row.runs)} seeds)" if len(row.runs) > 1 else ""
+        ax.plot(xs, mean, color=colour, marker="o" if len(xs) <= 30 else None, markersize=3,
+                label=_label(row, keys) + seeds)
+        if len(row.runs) > 1:
+            ax.fill_between(xs, low, high, color=colour, alpha=0.18, linewidth=0)
+    ax.set(xlabel="epoch" if x == "epoch" else "seconds of training", ylabel=y, title=title)
+    if x == "epoch":
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if len(rows) > 6:  # beside the plot, not over the curves
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.tight_layout()
+        import matplotlib.pyplot as plt
+
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
     return _save(fig, ax, path)
 
 
@@ -240,7 +274,52 @@ def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
+def plot_parallel(rows: list[Row], keys: list[str], path: Path) -> Path:
+    """A search's view: one line per configuration across an axis per varied value and test accuracy, coloured
+    by test accuracy. Each axis is scaled to its own range (text values in sorted order)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from alexnet.effects import _order
+
+    axes = [*keys, "test/acc"]
+    columns = [[row.values[k] for row in rows] for k in keys] + [[row.test_acc[0] for row in rows]]
+    scaled, ticks = [], []
+    for column in columns:
+        levels = sorted(set(column), key=_order)
+        numeric = all(_order(v)[0] == 0 for v in levels)
+        log = numeric and min(levels) > 0 and max(levels) / min(levels) >= 20  # a learning rate's decades
+        low, high = (min(levels), max(levels)) if numeric else (0, max(len(levels) - 1, 1))
+        position = (math.log10 if log else (lambda v: v)) if numeric else levels.index
+        if log:
+            low, high = math.log10(low), math.log10(high)
+        span = (high - low) or 1
+        scaled.append([(position(v) - low) / span for v in column])
+        ticks.append((f"{min(levels):.3g}", f"{max(levels):.3g}" + (" (log)" if log else "")) if numeric
+                     else (str(levels[0]), str(levels[-1])))
+    fig, ax = _figure((max(6, 2 * len(axes)), 4.5))
+    accs = columns[-1]
+    norm = matplotlib.colors.Normalize(min(accs), max(accs))
+    for i in sorted(range(len(rows)), key=lambda i: accs[i]):  # the best drawn last, on top
+        ax.plot(range(len(axes)), [col[i] for col in scaled], color=matplotlib.colormaps["viridis"](norm(accs[i])),
+                alpha=0.8)
+    for j, (low, high) in enumerate(ticks):
+        ax.axvline(j, color="grey", linewidth=0.8)
+        ax.annotate(low, (j, 0), xytext=(3, -12), textcoords="offset points", fontsize=7)
+        ax.annotate(high, (j, 1), xytext=(3, 4), textcoords="offset points", fontsize=7)
+    ax.set_xticks(range(len(axes)), axes)
+    ax.set_yticks([])
+    ax.set_title("Configurations across the varied values (colour: test accuracy)")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- writing
+
+TOP = 10  # rows of a large sweep's table in report.md; report.html has them all
 
 def config_defaults() -> dict:
     """The config's own value of every key (`python -m alexnet.run` with no overrides): each factor's baseline
@@ -283,8 +362,11 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
     rows = compare(finished, keys)
     answers = effect_lines(finished, keys, baseline)  # refuses a --baseline the runs lack before writing
     out.mkdir(parents=True, exist_ok=True)
-    plots = [plot_val_acc(rows, keys, out / "val_acc_vs_epoch.png")]
+    plots = [plot_curves(rows, keys, y, x, title, out / f"{stem}.png") for stem, y, x, title in CURVES
+             if any(y in e and x in e for r in finished for e in r.epochs)]
     plots += [plot_test_acc(rows, key, out / f"test_acc_vs_{key.replace('.', '_')}.png") for key in keys]
+    if len(rows) > TOP and keys:  # a search
+        plots.append(plot_parallel(rows, keys, out / "parallel_coordinates.png"))
     header, body = table(rows, keys)
     notes = []
     if not keys:
@@ -295,9 +377,14 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
     md = [f"# {title}", "", f"{len(finished)} finished runs, {len(rows)} configurations; varied: "
           f"{', '.join(keys) or 'nothing'}. Mean ± std over seeds; sorted by test accuracy.", ""]
     if answers:
-        md += [*[f"- {line}" for line in answers[:-1]], "", answers[-1], ""]
+        effects_shown = answers[:-1][:TOP]
+        more = len(answers) - 1 - len(effects_shown)
+        md += [*[f"- {line}" for line in effects_shown], *([f"- ... and {more} more in report.html"] if more else []),
+               "", answers[-1], ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(cells) + " |" for cells in body]
+    md += ["| " + " | ".join(cells) + " |" for cells in body[:TOP]]
+    if len(body) > TOP:
+        md += ["", f"The top {TOP} of {len(body)} configurations; report.html lists them all."]
     md += ["", *[f"> {n}" for n in notes], "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (out / "report.md").write_text("\n".join(md))
 

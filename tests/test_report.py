@@ -321,3 +321,32 @@ def test_with_two_factors_each_level_is_compared_at_the_same_values_of_the_other
     assert dropout[0].sentence().startswith("model.dropout 0.0 vs 0.5 with optimizer.name=adam: -5.0 points")
     search = [run("sgd", d / 100, 0.5) for d in range(MAX_LEVELS + 1)]
     assert effects(search, ["model.dropout"], {})[0] == []  # a search: the table and plots answer it
+
+
+def test_a_25_configuration_sweep_stays_readable(tmp_path):
+    """A 5 x 5 grid with 2 seeds: the table cut to the top 10 in report.md (all 25 in the HTML), the effect lines
+    cut too, curves per configuration (not per run) with the legend beside the axes, a parallel-coordinates view."""
+    from PIL import Image
+
+    from alexnet.report import RunRecord, TOP, write_report
+
+    runs = []
+    for i, lr in enumerate((0.001, 0.003, 0.01, 0.03, 0.1)):
+        for j, dropout in enumerate((0.0, 0.25, 0.5, 0.6, 0.75)):
+            for seed in (0, 1):
+                acc = 0.5 + 0.05 * i - 0.02 * j + 0.01 * seed
+                epochs = [{"epoch": e, "val/acc": acc * e / 5, "train/loss_epoch": 2 - acc * e / 5,
+                           "train/elapsed": 10.0 * e + seed} for e in range(1, 6)]
+                runs.append(RunRecord(f"r{i}{j}{seed}", {"optimizer.lr": lr, "model.dropout": dropout, "seed": seed},
+                                      "finished", {"test/acc": acc, "val/best_acc": acc, "epochs": 5}, epochs))
+    result = write_report(runs, tmp_path, "grid")
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| 0.")]
+    assert len(table_rows) == TOP and "The top 10 of 25 configurations; report.html lists them all." in md
+    assert page.count("<tr>") == 26 and len(result["rows"]) == 25
+    assert "- ... and 30 more in report.html" in md  # 40 effect lines: 2 keys x 4 levels x 5 values of the other
+    names = sorted(p.name for p in result["plots"])
+    assert names == ["parallel_coordinates.png", "test_acc_vs_model_dropout.png", "test_acc_vs_optimizer_lr.png",
+                     "train_loss_vs_epoch.png", "val_acc_vs_epoch.png", "val_acc_vs_time.png"]
+    width, height = Image.open(tmp_path / "val_acc_vs_epoch.png").size
+    assert width > 1.4 * height  # the 25-entry legend beside the axes widens the figure instead of covering it
