@@ -405,20 +405,29 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
     return {"rows": rows, "keys": keys, "plots": plots, "skipped": skipped, "notes": notes, "effects": answers}
 
 
-def build_wandb_report(entity: str, project: str, group: str, keys: list[str]):
-    """A W&B Report over the group's runs: val/acc per epoch, final accuracy against each varied value."""
+def build_wandb_report(entity: str, project: str, group: str, keys: list[str], answers: list[str] = ()):
+    """A W&B Report with the local report's content: the effect lines, curves per configuration (the runs
+    grouped by the varied values: mean line, min-max band), test accuracy per configuration, a table of the
+    runs' differing config values, and test accuracy across the varied values."""
     import wandb_workspaces.reports.v2 as wr
 
-    runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}' and JobType = 'train'")
+    runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}' and JobType = 'train'",
+                       groupby=[f"config.{k}" for k in keys])
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in keys]
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("test/acc")))
-    panels = [wr.LinePlot(title="Validation accuracy", x="epoch", y=["val/acc"]),
+    grouped = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}
+    panels = [wr.LinePlot(title="Validation accuracy", x="epoch", y=["val/acc"], **grouped),
+              wr.LinePlot(title="Validation accuracy against seconds of training", x="train/elapsed", y=["val/acc"],
+                          **grouped),
+              wr.LinePlot(title="Training loss", x="epoch", y=["train/loss_epoch"], **grouped),
               wr.BarPlot(title="Final test accuracy", metrics=["test/acc"], orientation="h"),
-              wr.ParallelCoordinatesPlot(title="Test accuracy against the varied values", columns=columns)]
+              wr.ParallelCoordinatesPlot(title="Test accuracy against the varied values", columns=columns),
+              wr.RunComparer(diff_only=True)]
+    effects = [wr.UnorderedList(list(answers[:-1])), wr.P(answers[-1])] if answers else []
     return wr.Report(entity=entity, project=project, title=f"Comparison: {group}",
                      description=f"Runs of group {group}; varied: {', '.join(keys) or 'nothing'}.",
                      blocks=[wr.H1(f"Comparison: {group}"),
-                             wr.P(f"Varied: {', '.join(keys) or 'nothing but the seed'}."),
+                             wr.P(f"Varied: {', '.join(keys) or 'nothing but the seed'}."), *effects,
                              wr.PanelGrid(runsets=[runset], panels=panels)])
 
 
@@ -471,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(result['plots'])} plots)")
         if args.wandb:
             entity, project = args.wandb.split("/")
-            report = build_wandb_report(entity, project, args.group, result["keys"])
+            report = build_wandb_report(entity, project, args.group, result["keys"], result["effects"])
             report.save()
             print(f"W&B report: {report.url}")
     return 0

@@ -150,17 +150,23 @@ def test_report_errors(tmp_path, args, message):
 def test_wandb_report_object_has_the_comparison_panels():
     from wandb_workspaces.expr import expr_to_filters
 
-    report = build_wandb_report("me", "alexnet", "multirun/2026-11-25/12-00-00", ["model.dropout", "model.lrn"])
+    answers = ["model.dropout 0.0 vs 0.5 with model.lrn=False: +1.0 points test accuracy (...)", "Baselines: ..."]
+    report = build_wandb_report("me", "alexnet", "multirun/2026-11-25/12-00-00", ["model.dropout", "model.lrn"],
+                                answers)
     assert (report.entity, report.project) == ("me", "alexnet")
-    assert [type(b).__name__ for b in report.blocks] == ["H1", "P", "PanelGrid"]
-    grid = report.blocks[2]
+    assert [type(b).__name__ for b in report.blocks] == ["H1", "P", "UnorderedList", "P", "PanelGrid"]
+    assert report.blocks[2].items == answers[:1] and report.blocks[3].text == answers[1]  # the answer first
+    grid = report.blocks[-1]
     (runset,) = grid.runsets
     parsed = expr_to_filters(runset.filters)
     assert parsed.op == "AND" and {(f.key.name, f.value) for f in parsed.filters} == {
         ("group", "multirun/2026-11-25/12-00-00"), ("jobType", "train")}
-    line, bar, parallel = grid.panels
-    assert (line.x, line.y) == ("epoch", ["val/acc"]) and bar.metrics == ["test/acc"]
+    assert runset.groupby == ["config.model.dropout", "config.model.lrn"]  # curves per configuration
+    val, val_time, loss, bar, parallel, table = grid.panels
+    assert (val.x, val.y, val.groupby_aggfunc, val.groupby_rangefunc) == ("epoch", ["val/acc"], "mean", "minmax")
+    assert (val_time.x, loss.y) == ("train/elapsed", ["train/loss_epoch"]) and bar.metrics == ["test/acc"]
     assert [c.metric.name for c in parallel.columns] == ["model.dropout", "model.lrn", "test/acc"]
+    assert table.diff_only is True
 
 
 def test_evaluate_rescores_a_checkpoint_as_an_eval_run(sweep, tmp_path):
