@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alexnet.config import CONF_DIR, EXPERIMENTS_DIR, Config
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "debug")
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "budget", "debug")
 EXAMPLES = """\
   alexnet-train debug=smoke data=synthetic model=alexnet_cifar   a smoke run in seconds
   alexnet-train optimizer=adam model.dropout=0.25                 any option or field

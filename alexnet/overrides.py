@@ -151,7 +151,7 @@ def diagnose(error: Exception, overrides: list[str], config_name: str = "config"
 @functools.lru_cache
 def known_keys(config_name: str = "config") -> list[str]:
     """Every key of the config, and the optional groups: the names a misspelt one is compared with."""
-    return keys_of(compose([], config_name=config_name)) + ["experiment", "debug"]
+    return keys_of(compose([], config_name=config_name)) + ["experiment", "budget", "debug"]
 
 
 def check(argv: list[str], config_name: str = "config",

@@ -23,6 +23,21 @@ def test_every_group_has_options():
     assert {"default"} <= {o for g, o in OPTIONS if g == "trainer"}
 
 
+def test_budget_cpu_shrinks_any_study_the_same_way():
+    """The README's Results scale without editing a file: after the experiment, before debug=smoke."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from alexnet.config import EXPERIMENTS_DIR
+
+    for name in sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")):
+        cfg = to_typed(compose([f"+experiment={name}", "budget=cpu"]))
+        assert (cfg.model.width, cfg.trainer.epochs, cfg.trainer.precision.value) == (0.5, 10, "bf16"), name
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            hydra = hydra_compose("config", [f"experiment={name}", "budget=cpu"], return_hydra_config=True).hydra
+        assert str(hydra.sweeper.params.seed) == "0,1", name
+    assert to_typed(compose(["+experiment=dropout", "budget=cpu", "debug=smoke"])).trainer.epochs == 1
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_each_default_lives_in_one_place(group, option):
     """A conf/ YAML file sets only what differs from its schema's dataclass default: one source per default."""
@@ -50,6 +65,21 @@ def test_debug_smoke_applies_after_an_experiment():
         assert (cfg.trainer.epochs, cfg.trainer.limit_batches, cfg.trainer.limit_test_images) == (1, 5, 1000)
         assert cfg.model.arch == "alexnet_cifar" and cfg.trainer.label_smoothing == 0.1  # the rest is the study's
     assert to_typed(compose(["+experiment=fast_cifar"])).trainer.epochs == 40
+
+
+def test_budget_cpu_shrinks_any_study_the_same_way():
+    """The README's Results scale without editing a file: after the experiment, before debug=smoke."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from alexnet.config import EXPERIMENTS_DIR
+
+    for name in sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")):
+        cfg = to_typed(compose([f"+experiment={name}", "budget=cpu"]))
+        assert (cfg.model.width, cfg.trainer.epochs, cfg.trainer.precision.value) == (0.5, 10, "bf16"), name
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            hydra = hydra_compose("config", [f"experiment={name}", "budget=cpu"], return_hydra_config=True).hydra
+        assert str(hydra.sweeper.params.seed) == "0,1", name
+    assert to_typed(compose(["+experiment=dropout", "budget=cpu", "debug=smoke"])).trainer.epochs == 1
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
