@@ -192,15 +192,45 @@ def _figure(size: tuple[float, float]):
     return plt.subplots(figsize=size)
 
 
-def _save(fig, ax, path: Path) -> Path:
+def _save(fig, ax, path: Path, caption: str = "", legend_outside: bool = False) -> Path:
+    """Grid, legend (beside the axes when it is long), and the runs' setup as a caption under every figure, so
+    that a figure copied out of its report still says what was trained."""
     import matplotlib.pyplot as plt
 
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if ax.get_legend_handles_labels()[0]:
+        if legend_outside:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=8)
+    if caption:
+        ax.annotate(caption, (0, 0), xycoords="figure fraction", xytext=(4, 4), textcoords="offset points",
+                    fontsize=7, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.03 if caption else 0, 1, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight" if legend_outside else None)
     plt.close(fig)
     return path
+
+
+LABELS = {"val/acc": "validation accuracy", "train/loss_epoch": "training loss"}
+
+
+def setup_caption(runs: list[RunRecord]) -> str:
+    """What every run shares that decides what a figure means: data, model, width, epochs, precision."""
+    def shared(key: str):
+        values = {repr(r.config.get(key)) for r in runs}
+        return runs[0].config.get(key) if len(values) == 1 else None
+
+    data = shared("data.name")
+    if data == "imagefolder" and shared("data.root"):
+        data = f"imagefolder {Path(str(shared('data.root'))).name}"
+    parts = [f"data: {data}" if data else None,
+             f"{shared('model.arch')}" + (f" width {shared('model.width')}" if shared("model.width") else "")
+             if shared("model.arch") else None,
+             f"{shared('trainer.epochs')} epochs" if shared("trainer.epochs") else None,
+             f"{shared('trainer.precision')}" if shared("trainer.precision") not in (None, "auto") else None,
+             f"{len({r.config.get('seed') for r in runs})} seeds"]
+    return " | ".join(p for p in parts if p)
 
 
 CURVES = [  # (file stem, y key, x key, title): per configuration, the mean over seeds with a min-max band
@@ -220,7 +250,7 @@ def mean_curve(runs: list[RunRecord], y: str, x: str) -> tuple[list, list, list,
     return xs, [statistics.fmean(v) for v in ys], [min(v) for v in ys], [max(v) for v in ys]
 
 
-def plot_curves(rows: list[Row], keys: list[str], y: str, x: str, title: str, path: Path) -> Path:
+def plot_curves(rows: list[Row], keys: list[str], y: str, x: str, title: str, path: Path, caption: str = "") -> Path:
     """One colour per configuration (tab20: 20 stay apart; the legend sits outside the axes), the mean over
     its seeds as a line, their range as a band."""
     import matplotlib
@@ -236,45 +266,46 @@ def plot_curves(rows: list[Row], keys: list[str], y: str, x: str, title: str, pa
                 label=_label(row, keys) + seeds)
         if len(row.runs) > 1:
             ax.fill_between(xs, low, high, color=colour, alpha=0.18, linewidth=0)
-    ax.set(xlabel="epoch" if x == "epoch" else "seconds of training", ylabel=y, title=title)
+    ax.set(xlabel="epoch" if x == "epoch" else "seconds of training", ylabel=LABELS.get(y, y), title=title)
     if x == "epoch":
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    if len(rows) > 6:  # beside the plot, not over the curves
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-        fig.tight_layout()
-        import matplotlib.pyplot as plt
-
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
-    return _save(fig, ax, path)
+    return _save(fig, ax, path, caption, legend_outside=len(rows) > 6)  # a long legend beside, not over, the curves
 
 
-def plot_test_acc(rows: list[Row], key: str, path: Path) -> Path:
-    """Final test accuracy of every run against one varied value, with the mean per value."""
-    points: dict = {}
+def plot_test_acc(rows: list[Row], key: str, keys: list[str], path: Path, caption: str = "") -> Path:
+    """Final test accuracy of every run against one varied value, with the mean per value: one series per
+    combination of the other varied values (pooled over them, a mean between two far-apart groups describes
+    neither)."""
+    import matplotlib
+
+    others = [k for k in keys if k != key]
+    series: dict = {}
     for row in rows:
-        for run in row.runs:
-            points.setdefault(row.values[key], []).append(run.summary["test/acc"])
-    values = list(points)
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    values = sorted(values) if numeric else sorted(values, key=str)
-    xs = values if numeric else list(range(len(values)))
-    fig, ax = _figure((6, 4))
-    for x, value in zip(xs, values):
-        ax.scatter([x] * len(points[value]), points[value], color="tab:blue", alpha=0.6, s=20)
-    # A line joins means of numeric values only: between categories it would suggest a trend.
-    ax.plot(xs, [statistics.fmean(points[v]) for v in values], color="tab:red", marker="D", label="mean",
-            linestyle="-" if numeric else "none")
+        points = series.setdefault(tuple(row.values[k] for k in others), {})
+        points.setdefault(row.values[key], []).extend(run.summary["test/acc"] for run in row.runs)
+    every = {v for points in series.values() for v in points}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in every)
+    order = sorted(every) if numeric else sorted(every, key=str)
+    position = {v: (v if numeric else i) for i, v in enumerate(order)}
+    fig, ax = _figure((6.5, 4))
+    colours = matplotlib.colormaps["tab10" if len(series) <= 10 else "tab20"]
+    for i, (other_values, points) in enumerate(sorted(series.items(), key=lambda item: str(item[0]))):
+        colour = colours(i % colours.N) if others else "tab:blue"
+        values = [v for v in order if v in points]
+        for value in values:
+            ax.scatter([position[value]] * len(points[value]), points[value], color=colour, alpha=0.5, s=18)
+        # A line joins means of numeric values only: between categories it would suggest a trend.
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, other_values)) + " (mean)" if others else "mean"
+        ax.plot([position[v] for v in values], [statistics.fmean(points[v]) for v in values], color=colour,
+                marker="D", markersize=5, label=label, linestyle="-" if numeric else "none")
     if not numeric:
-        ax.set_xticks(xs, [str(v) for v in values])
-        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xticks(range(len(order)), [str(v) for v in order])
+        ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
-    return _save(fig, ax, path)
+    return _save(fig, ax, path, caption, legend_outside=len(series) > 4)
 
 
-def plot_parallel(rows: list[Row], keys: list[str], path: Path) -> Path:
+def plot_parallel(rows: list[Row], keys: list[str], path: Path, caption: str = "") -> Path:
     """A search's view: one line per configuration across an axis per varied value and test accuracy, coloured
     by test accuracy. Each axis is scaled to its own range (text values in sorted order)."""
     import matplotlib
@@ -311,10 +342,7 @@ def plot_parallel(rows: list[Row], keys: list[str], path: Path) -> Path:
     ax.set_yticks([])
     ax.set_title("Configurations across the varied values (colour: test accuracy)")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="test accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, caption)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -362,11 +390,13 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
     rows = compare(finished, keys)
     answers = effect_lines(finished, keys, baseline)  # refuses a --baseline the runs lack before writing
     out.mkdir(parents=True, exist_ok=True)
-    plots = [plot_curves(rows, keys, y, x, title, out / f"{stem}.png") for stem, y, x, title in CURVES
+    caption = setup_caption(finished)
+    plots = [plot_curves(rows, keys, y, x, title, out / f"{stem}.png", caption) for stem, y, x, title in CURVES
              if any(y in e and x in e for r in finished for e in r.epochs)]
-    plots += [plot_test_acc(rows, key, out / f"test_acc_vs_{key.replace('.', '_')}.png") for key in keys]
+    plots += [plot_test_acc(rows, key, keys, out / f"test_acc_vs_{key.replace('.', '_')}.png", caption)
+              for key in keys]
     if len(rows) > TOP and keys:  # a search
-        plots.append(plot_parallel(rows, keys, out / "parallel_coordinates.png"))
+        plots.append(plot_parallel(rows, keys, out / "parallel_coordinates.png", caption))
     header, body = table(rows, keys)
     notes = []
     if not keys:
@@ -375,7 +405,7 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
         notes.append("Left out (not finished): " + "; ".join(f"{r.name} ({r.status})" for r in skipped))
 
     md = [f"# {title}", "", f"{len(finished)} finished runs, {len(rows)} configurations; varied: "
-          f"{', '.join(keys) or 'nothing'}. Mean ± std over seeds; sorted by test accuracy.", ""]
+          f"{', '.join(keys) or 'nothing'}. Mean ± std over seeds; sorted by test accuracy. Setup: {caption}.", ""]
     if answers:
         effects_shown = answers[:-1][:TOP]
         more = len(answers) - 1 - len(effects_shown)
@@ -394,7 +424,8 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 8px;text-align:right}img{max-width:100%;display:block;margin:1em 0}</style></head><body>"
+            "padding:4px 8px;text-align:right}img{width:49%;display:inline-block;vertical-align:top;margin:1em 0}"
+            "@media (max-width:900px){img{width:100%}}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{html.escape(md[2])}</p>"
             + (f"<ul>{''.join(f'<li>{html.escape(a)}</li>' for a in answers[:-1])}</ul>"
                f"<p><small>{html.escape(answers[-1])}</small></p>" if answers else "") + "<table><tr>"

@@ -334,17 +334,9 @@ def test_a_25_configuration_sweep_stays_readable(tmp_path):
     cut too, curves per configuration (not per run) with the legend beside the axes, a parallel-coordinates view."""
     from PIL import Image
 
-    from alexnet.report import RunRecord, TOP, write_report
+    from alexnet.report import TOP, write_report
 
-    runs = []
-    for i, lr in enumerate((0.001, 0.003, 0.01, 0.03, 0.1)):
-        for j, dropout in enumerate((0.0, 0.25, 0.5, 0.6, 0.75)):
-            for seed in (0, 1):
-                acc = 0.5 + 0.05 * i - 0.02 * j + 0.01 * seed
-                epochs = [{"epoch": e, "val/acc": acc * e / 5, "train/loss_epoch": 2 - acc * e / 5,
-                           "train/elapsed": 10.0 * e + seed} for e in range(1, 6)]
-                runs.append(RunRecord(f"r{i}{j}{seed}", {"optimizer.lr": lr, "model.dropout": dropout, "seed": seed},
-                                      "finished", {"test/acc": acc, "val/best_acc": acc, "epochs": 5}, epochs))
+    runs = grid_runs()
     result = write_report(runs, tmp_path, "grid")
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
     table_rows = [line for line in md.splitlines() if line.startswith("| 0.")]
@@ -356,3 +348,52 @@ def test_a_25_configuration_sweep_stays_readable(tmp_path):
                      "train_loss_vs_epoch.png", "val_acc_vs_epoch.png", "val_acc_vs_time.png"]
     width, height = Image.open(tmp_path / "val_acc_vs_epoch.png").size
     assert width > 1.4 * height  # the 25-entry legend beside the axes widens the figure instead of covering it
+
+
+def grid_runs(levels: int = 5) -> list:
+    from alexnet.report import RunRecord
+
+    runs = []
+    for i, lr in enumerate((0.001, 0.003, 0.01, 0.03, 0.1)[:levels]):
+        for j, dropout in enumerate((0.0, 0.25, 0.5, 0.6, 0.75)[:levels]):
+            for seed in (0, 1):
+                acc = 0.5 + 0.05 * i - 0.02 * j + 0.01 * seed
+                epochs = [{"epoch": e, "val/acc": acc * e / 5, "train/loss_epoch": 2 - acc * e / 5,
+                           "train/elapsed": 10.0 * e + seed} for e in range(1, 6)]
+                runs.append(RunRecord(f"r{i}{j}{seed}", {"optimizer.lr": lr, "model.dropout": dropout, "seed": seed,
+                                                         "data.name": "synthetic", "model.arch": "alexnet_cifar"},
+                                      "finished", {"test/acc": acc, "val/best_acc": acc, "epochs": 5}, epochs))
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (Debian: apt install chromium)")
+def test_report_html_renders_in_a_real_browser_at_laptop_width(tmp_path):
+    """Headless Chromium at 1366 px: the page draws its title, table and plots two to a row, nothing wider than
+    the window."""
+    import subprocess
+
+    from PIL import Image
+
+    from alexnet.report import write_report
+
+    write_report(grid_runs(), tmp_path, "grid")
+    shot = tmp_path / "page.png"
+    subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1366,3000", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    page = Image.open(shot).convert("L")
+    assert page.size == (1366, 3000)
+    ink = [sum(1 for x in range(0, 1366, 4) if page.getpixel((x, y)) < 128) for y in range(0, 3000, 4)]
+    assert sum(ink[:15]) > 20  # the title, at the top
+    drawn_rows = [i for i, n in enumerate(ink) if n]
+    assert drawn_rows[-1] * 4 > 1500  # the table and the plots below it rendered, not a blank page
+
+    def side_by_side(top: int) -> bool:  # ink left and right of a blank gutter down the middle, 200 px high
+        band = range(top, top + 200, 2)
+        gutter = all(page.getpixel((x, y)) > 200 for x in range(676, 692, 2) for y in band)
+        left = sum(page.getpixel((x, y)) < 128 for x in range(40, 640, 6) for y in band)
+        right = sum(page.getpixel((x, y)) < 128 for x in range(730, 1330, 6) for y in band)
+        return gutter and left > 50 and right > 50
+
+    assert any(side_by_side(top) for top in range(600, 2800, 50))  # the plots two to a row
