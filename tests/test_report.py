@@ -80,9 +80,10 @@ def test_report_has_one_row_per_configuration_with_mean_and_std(sweep, report):
 def test_report_html_is_self_contained_with_the_plots(report):
     out, _ = report
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2  # val/acc per epoch; test/acc against model.dropout
+    names = ("val_acc_vs_epoch.png", "val_acc_vs_time.png", "train_loss_vs_epoch.png", "test_acc_vs_model_dropout.png")
+    assert page.count('src="data:image/png;base64,') == len(names)
     assert "<table>" in page and "http" not in page.split("<body>")[1]
-    for name in ("val_acc_vs_epoch.png", "test_acc_vs_model_dropout.png"):
+    for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in (out / "report.md").read_text()
 
