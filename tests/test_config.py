@@ -31,7 +31,7 @@ def test_budget_cpu_shrinks_any_study_the_same_way():
 
     for name in sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")):
         cfg = to_typed(compose([f"+experiment={name}", "budget=cpu"]))
-        assert (cfg.model.width, cfg.trainer.epochs, cfg.trainer.precision.value) == (0.5, 10, "bf16"), name
+        assert (cfg.model.width, cfg.trainer.epochs, cfg.trainer.precision.value) == (0.25, 10, "bf16"), name
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             hydra = hydra_compose("config", [f"experiment={name}", "budget=cpu"], return_hydra_config=True).hydra
         assert str(hydra.sweeper.params.seed) == "0,1", name
@@ -75,7 +75,7 @@ def test_budget_cpu_shrinks_any_study_the_same_way():
 
     for name in sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")):
         cfg = to_typed(compose([f"+experiment={name}", "budget=cpu"]))
-        assert (cfg.model.width, cfg.trainer.epochs, cfg.trainer.precision.value) == (0.5, 10, "bf16"), name
+        assert (cfg.model.width, cfg.trainer.epochs, cfg.trainer.precision.value) == (0.25, 10, "bf16"), name
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             hydra = hydra_compose("config", [f"experiment={name}", "budget=cpu"], return_hydra_config=True).hydra
         assert str(hydra.sweeper.params.seed) == "0,1", name
