@@ -270,6 +270,36 @@ def crop_and_flip(padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.T
     return padded.gather(2, rows).gather(3, cols)
 
 
+ERASING_SCALE, ERASING_RATIO, ERASING_TRIES = (0.02, 0.33), (0.3, 3.3), 10  # torchvision's RandomErasing
+
+
+def erasing_boxes(n: int, side: int, p: float, generator: torch.Generator, device: torch.device) -> dict:
+    """torchvision's RandomErasing draw for n side x side images at once: each image, with probability p, gets
+    the first of 10 tries (area 2-33%, log-uniform aspect 0.3-3.3) that fits inside it; none fits, none erased."""
+    area = side * side * torch.empty(n, ERASING_TRIES, device=device).uniform_(*ERASING_SCALE, generator=generator)
+    log_ratio = torch.empty(n, ERASING_TRIES, device=device).uniform_(
+        math.log(ERASING_RATIO[0]), math.log(ERASING_RATIO[1]), generator=generator)
+    h = torch.sqrt(area * torch.exp(log_ratio)).round().long()
+    w = torch.sqrt(area / torch.exp(log_ratio)).round().long()
+    fits = (h < side) & (w < side) & (h > 0) & (w > 0)
+    first = torch.where(fits.any(1), fits.float().argmax(1), 0)
+    h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
+    # the box's corner, uniform over the places it fits (as torch.randint(0, side - h + 1) per image)
+    top = (torch.rand(n, generator=generator, device=device) * (side - h + 1)).long()
+    left = (torch.rand(n, generator=generator, device=device) * (side - w + 1)).long()
+    erase = (torch.rand(n, generator=generator, device=device) < p) & fits.any(1)
+    return {"erase": erase, "top": top, "left": left, "height": h, "width": w}
+
+
+def erasing_mask(draws: dict, height: int, width: int) -> torch.Tensor:
+    """(n, 1, height, width) booleans: True inside each image's box (where it is erased)."""
+    rows = torch.arange(height, device=draws["top"].device)[None, :]
+    cols = torch.arange(width, device=draws["top"].device)[None, :]
+    inside_rows = (rows >= draws["top"][:, None]) & (rows < (draws["top"] + draws["height"])[:, None])
+    inside_cols = (cols >= draws["left"][:, None]) & (cols < (draws["left"] + draws["width"])[:, None])
+    return (draws["erase"][:, None, None] & inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
+
+
 class Loader:
     """Iterates over one in-memory split in batches, ready for the model.
 
@@ -284,13 +314,15 @@ class Loader:
 
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
                  train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
-                 seed: int = 0, max_batches: int | None = None, rank: int = 0, world_size: int = 1,
+                 random_erasing: float = 0.0, seed: int = 0, max_batches: int | None = None, rank: int = 0,
+                 world_size: int = 1,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32, channels: int = 3):
         self.rank, self.world_size, self.channels_last, self.dtype = rank, world_size, channels_last, dtype
         self.extra_channels = channels - 3  # zero channels after RGB, for model.input_channels
         self.split = split.to(device)
         self.batch_size, self.input_size, self.device = batch_size, input_size, device
         self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
+        self.random_erasing = random_erasing if train else 0.0
         self.seed, self.max_batches, self.generator = seed, max_batches, None
         # Padded once here, so that a batch's crops are a gather (zeros: black borders, as torchvision's).
         self.padding = crop_padding if train and random_crop else 0
@@ -316,6 +348,8 @@ class Loader:
             draws["dx"] = torch.randint(0, span, (n,), generator=generator, device=device)
         if self.hflip:
             draws["flip"] = torch.rand(n, generator=generator, device=device) < 0.5
+        if self.random_erasing:  # drawn after the others: with it off, their stream is as before
+            draws.update(erasing_boxes(n, self.split.images.shape[-1], self.random_erasing, generator, device))
         return draws
 
     def transform(self, index: torch.Tensor, draws: dict) -> torch.Tensor:
@@ -329,6 +363,8 @@ class Loader:
             x = self.split.images[index]
         # Normalize before resizing: the same result (resampling weights sum to 1), on far fewer pixels.
         x = torch.addcmul(self.shift, x.float(), self.scale)
+        if "erase" in draws:  # after Normalize, as torchvision's RandomErasing: 0 is the mean pixel
+            x = x * ~erasing_mask(draws, x.shape[-2], x.shape[-1])
         if self.extra_channels:  # zeros after normalizing, at the small size
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         layout = torch.channels_last if self.channels_last else torch.contiguous_format

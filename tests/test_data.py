@@ -254,3 +254,60 @@ def test_a_failed_download_leaves_no_folder_or_partial_archive_behind(tmp_path, 
         with pytest.raises(DataError, match=f"could not download CIFAR-10 into data.root={root}: connection reset"):
             alexnet.train(["data=cifar10", f"data.root={root}", "debug=smoke", "wandb.mode=disabled"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+# --- random erasing (issue 16's augmentation lever) -------------------------------------------------------------
+def test_random_erasing_zeroes_one_box_per_chosen_image_as_torchvision_draws_it():
+    """p=1 on one image repeated: each copy gets one rectangle of normalized zeros (the mean pixel), 2-33% of the
+    image up to rounding, aspect 0.3-3.3, placed anywhere it fits; the rest of the image untouched."""
+    image = torch.full((1, 3, 32, 32), 200, dtype=torch.uint8)  # normalized: (200/255 - 0.5) / 0.25 > 0 everywhere
+    split = Split(image.expand(512, 3, 32, 32).contiguous(), torch.zeros(512, dtype=torch.int64))
+    erased = Loader(split, 512, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), train=True, random_erasing=1.0)
+    x, _ = next(iter(erased))
+    zero = x == 0
+    assert torch.equal(zero[:, :1].expand_as(zero), zero)  # the same box on every channel
+    box = zero[:, 0]
+    rows, cols = box.any(2), box.any(1)  # which rows and columns of each image hold the box
+    heights, widths = rows.sum(1).float(), cols.sum(1).float()
+    assert torch.equal(box.sum((1, 2)).float(), heights * widths)  # one solid rectangle, nothing else
+    fraction = heights * widths / 1024
+    assert (fraction > 0).float().mean() > 0.95  # nearly every try fits in 10 at these scales
+    kept = fraction[fraction > 0]
+    # U(0.02, 0.33) of 1024 pixels (mean 0.175), then h and w rounded: up to about half a side more or less
+    assert kept.min() >= 0.012 and kept.max() <= 0.36 and 0.15 < kept.mean() < 0.2
+    aspect = (heights / widths)[fraction > 0]
+    assert aspect.min() >= 0.25 and aspect.max() <= 4.0  # 0.3-3.3 up to rounding on a 32-pixel side
+    tops = rows.float().argmax(1)[fraction > 0]
+    assert tops.min() == 0 and (tops + heights[fraction > 0]).max() == 32  # every position reachable
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_random_erasing_hits_a_share_p_of_the_images_and_only_in_training(p):
+    split = Split(torch.full((2000, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(2000, dtype=torch.int64))
+    train = Loader(split, 2000, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), train=True, random_erasing=p)
+    x, _ = next(iter(train))
+    assert abs((x == 0).flatten(1).any(1).float().mean().item() - p) < 0.04
+    evaluation = Loader(split, 2000, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), random_erasing=p)
+    assert not (next(iter(evaluation))[0] == 0).any()
+
+
+def test_random_erasing_off_leaves_the_augmentation_stream_as_it_was():
+    """Drawn after crop and flip: with it off, every existing run's batches are bit for bit unchanged; with it
+    on, a resumed epoch still continues exactly (the draws come from the checkpointed generator)."""
+    ds = load_dataset(synthetic_cfg())
+    plain = [x for x, _ in loader(ds.train).batches(3)][:3]
+    off = [x for x, _ in loader(ds.train, random_erasing=0.0).batches(3)][:3]
+    assert all(torch.equal(a, b) for a, b in zip(plain, off))
+    on = loader(ds.train, random_erasing=0.5)
+    batches = on.batches(3)
+    first = [next(batches)[0] for _ in range(2)]
+    state = on.generator_state()
+    rest = next(batches)[0]
+    again = loader(ds.train, random_erasing=0.5)
+    assert torch.equal(next(again.batches(3, start=2, generator_state=state))[0], rest)
+    assert not torch.equal(first[0], plain[0])
+
+
+def test_random_erasing_is_a_probability():
+    with pytest.raises(Exception, match=r"data.random_erasing=1.5 is not allowed: a probability in \[0, 1\]"):
+        synthetic_cfg("data.random_erasing=1.5")
