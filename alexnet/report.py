@@ -468,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a W&B server instead")
     parser.add_argument("--group", help="with --wandb: the W&B group of the sweep")
     parser.add_argument("--out", type=Path, help="where to write the report (default: the first PATH)")
+    parser.add_argument("--title", help="the report's heading (default: Comparison of PATH)")
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                         help="the level of a varied value that the others are compared with (default: the "
                              "config's own value); repeat for several keys")
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"no runs found in {where}. Fix: pass a multirun dir (multirun/<date>/<time>) or run "
                               f"dirs; a run dir holds .hydra/config.yaml and metrics.jsonl.")
         try:
-            result = write_report(runs, out, f"Comparison of {where}", baseline)
+            result = write_report(runs, out, args.title or f"Comparison of {where}", baseline)
         except OSError as e:
             raise ReportError(f"cannot write the report to {out}: {e.strerror or e}. Fix: --out DIR, a folder you "
                               f"can write to.") from e

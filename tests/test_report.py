@@ -301,8 +301,10 @@ def test_a_baseline_that_is_not_in_the_runs_is_refused(sweep, tmp_path, baseline
 
 
 def test_a_chosen_baseline_turns_the_comparison_around(sweep, tmp_path):
-    result = run_cli("report", [str(sweep), "--out", str(tmp_path), "--baseline", "model.dropout=0.0"], tmp_path)
+    result = run_cli("report", [str(sweep), "--out", str(tmp_path), "--baseline", "model.dropout=0.0",
+                                "--title", "Dropout on synthetic data"], tmp_path)
     assert result.returncode == 0 and "model.dropout 0.5 vs 0.0: " in result.stdout
+    assert (tmp_path / "report.md").read_text().startswith("# Dropout on synthetic data\n")
     assert "model.dropout: 0.0 (--baseline)" in result.stdout
 
 
