@@ -384,7 +384,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"unknown option {a}")
     for flag in ("steps", "warmup", "repeats", "workers", "data_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < (0 if flag in ("warmup", "workers") else 1):
-            parser.error(f"--{flag} must be at least {0 if flag in ('warmup', 'workers') else 1}")
+            parser.error(f"--{flag.replace('_', '-')} must be at least {0 if flag in ('warmup', 'workers') else 1}")
     args.overrides = [f"{SHORTHANDS[k]}={v}" for k, v in vars(args).items() if k in SHORTHANDS and v is not None]
     args.overrides += overrides
     return args

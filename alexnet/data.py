@@ -55,7 +55,7 @@ def _corrupt_cifar_archive(root: str) -> str | None:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
-    archive = Path(root) / CIFAR10.filename
+    archive = Path(root).expanduser() / CIFAR10.filename
     if archive.is_file() and not check_integrity(str(archive), CIFAR10.tgz_md5):
         return (f"{archive} is there but corrupt (its md5 is not CIFAR-10's {CIFAR10.tgz_md5}: a download cut "
                 f"short?). Fix: replace it with a good copy (or delete it and pass data.download=true), or train on "
@@ -66,20 +66,27 @@ def _corrupt_cifar_archive(root: str) -> str | None:
 def _cifar10(cfg) -> tuple[Split, Split, list[str]]:
     import torchvision
 
-    archive = Path(cfg.root, torchvision.datasets.CIFAR10.filename)
+    root = Path(cfg.root).expanduser()  # as torchvision reads it
+    archive = root / torchvision.datasets.CIFAR10.filename
 
     def load(train: bool):
-        new_folders, had_archive = missing_folders(cfg.root), archive.exists()
+        new_folders, had_archive = missing_folders(root), archive.exists()
         try:
             ds = torchvision.datasets.CIFAR10(cfg.root, train=train, download=cfg.download)
         except (RuntimeError, OSError) as e:
             if not had_archive:  # a download cut off midway leaves a partial archive: not ours to keep
                 archive.unlink(missing_ok=True)
             remove_if_empty(new_folders)
-            if corrupt := _corrupt_cifar_archive(cfg.root):
+            if corrupt := _corrupt_cifar_archive(root):
                 raise DataError(corrupt) from e
             if isinstance(e, OSError):
                 raise _download_failed(cfg, e) from e
+            if cfg.download and not had_archive:  # this run's download failed torchvision's check: removed
+                raise DataError(
+                    f"the CIFAR-10 download into data.root={cfg.root} did not pass torchvision's integrity check "
+                    f"({e}); the partial download was removed. Fix: run the same command again, or copy "
+                    f"cifar-10-python.tar.gz there, or train on data=imagefolder data.root=DIR or data=synthetic."
+                ) from e
             # not there (download off) or failed torchvision's integrity check
             raise DataError(
                 f"CIFAR-10 not found or corrupted in data.root={cfg.root} ({e}). Fix: pass data.download=true "

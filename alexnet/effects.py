@@ -34,7 +34,8 @@ class Effect:
         seeds = (f"{self.n} seed{'s' if self.n > 1 else ''} each" if self.n == self.n_baseline
                  else f"{self.n} and {self.n_baseline} seeds")
         if self.low is None:
-            spread = f"no interval: {seeds}, and one seed has no spread"
+            why = "one seed has no spread" if min(self.n, self.n_baseline) == 1 else "they did not differ at all"
+            spread = f"no interval: {seeds}, and {why}"
         else:
             spread = f"95% CI {points(self.low)} to {points(self.high)}, {seeds}, Welch p = {self.p:.2g}"
         where = " with " + ", ".join(f"{k}={v}" for k, v in self.given) if self.given else ""
@@ -54,18 +55,34 @@ def welch(level: list[float], baseline: list[float], confidence: float = 0.95) -
     if len(level) < 2 or len(baseline) < 2:
         return difference, None, None, None
     va, vb = statistics.variance(level) / len(level), statistics.variance(baseline) / len(baseline)
-    if va + vb == 0:  # identical values on both sides (a deterministic run repeated): no spread at all
-        return difference, difference, difference, 1.0 if difference == 0 else 0.0
+    if va + vb == 0:  # identical values on both sides (a deterministic run repeated): no spread to scale by
+        return difference, None, None, None
     result = stats.ttest_ind(level, baseline, equal_var=False)
     interval = result.confidence_interval(confidence)
     return difference, float(interval.low), float(interval.high), float(result.pvalue)
+
+
+def same_level(level, text: str) -> bool:
+    """Whether a value typed on the command line (--baseline model.dropout=0, data.hflip=true, lr=1e-3) names
+    `level`: read as Hydra reads an override's value, numbers compared as numbers."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(f"k={text}").value()
+    except Exception:  # noqa: BLE001 - not Hydra syntax: compare as text
+        value = text
+    if isinstance(level, bool) or isinstance(value, bool):
+        return level is value
+    if isinstance(level, (int, float)) and isinstance(value, (int, float)):
+        return math.isclose(level, value, rel_tol=1e-9)
+    return level == value or str(level) == str(text)
 
 
 def baseline_level(key: str, levels: list, defaults: dict, chosen: dict) -> tuple[object, str]:
     """The level others are compared with, and where it came from: --baseline, the config's default, or (when
     the default is not among the levels) the first level."""
     if key in chosen:
-        match = [v for v in levels if str(v) == str(chosen[key])]
+        match = [v for v in levels if same_level(v, chosen[key])]
         if match:
             return match[0], "--baseline"
     default = defaults.get(key)

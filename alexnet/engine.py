@@ -191,13 +191,13 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
             log_line("epoch %d [%d/%d] loss %.4f lr %.3g", epoch + 1, info["step"] - first_step + start_batch,
                      len(loader), window_mean, info["lr"])
         if on_terminal and window_mean is not None:
-            bar.set_postfix_str(f"loss {window_mean:.4f}, {training_left(progress.batch - start_batch)} of training left",
-                                refresh=False)
+            bar.set_postfix_str(f"loss {window_mean:.4f}, {training_left()} of training left", refresh=False)
 
-    def training_left(steps_done: int) -> str:
-        """The run's training time still to go, at this epoch's pace so far (evaluation not counted)."""
-        per_step = (time.perf_counter() - start) / max(steps_done, 1)
-        steps_left = (trainer.epochs - epoch - 1) * len(loader) + len(loader) - start_batch - steps_done
+    def training_left() -> str:
+        """The run's training time still to go, at this epoch's pace so far (evaluation not counted): its
+        training seconds (checkpoint writes left out, a resumed part included) over its batches."""
+        per_step = (progress.elapsed + time.perf_counter() - start) / max(progress.batch, 1)
+        steps_left = (trainer.epochs - epoch - 1) * len(loader) + len(loader) - progress.batch
         return tqdm.format_interval(per_step * steps_left)
 
     # A progress bar on a terminal (rank 0's only); otherwise (a cluster log, a pipe) a plain line about every

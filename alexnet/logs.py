@@ -33,6 +33,7 @@ class ConsoleHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=self.stream)
+            self.flush()  # as StreamHandler does: a pipe or file gets each line now, not at exit (os._exit loses it)
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
             self.handleError(record)
 

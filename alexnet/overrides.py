@@ -129,6 +129,11 @@ def check_sweeper_takes(overrides: list[str], cfg: DictConfig) -> None:
     """interval() is for a sweeper that samples (Optuna); Hydra's basic sweeper stops with a bare
     'does not support sweep type : INTERVAL_SWEEP' only once the sweep starts."""
     if "BasicSweeper" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_")):
+        if OmegaConf.select(cfg, "hydra.runtime.choices.budget"):  # its seeds would become a searched parameter
+            raise ConfigError(f"budget={OmegaConf.select(cfg, 'hydra.runtime.choices.budget')} sweeps seeds, "
+                              f"which a sampling sweeper (Optuna) would search as a hyperparameter. Fix: drop "
+                              f"budget=... and set its values yourself: model.width=0.25 trainer.epochs=10 "
+                              f"trainer.precision=bf16.")
         return
     parsed = OverridesParser.create().parse_overrides(overrides)
     ranges = [o.input_line for o in parsed if o.is_sweep_override() and isinstance(o.value(), IntervalSweep)]

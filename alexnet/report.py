@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.config import flatten
-from alexnet.effects import effects
+from alexnet.effects import MAX_LEVELS, effects, same_level
 from alexnet.errors import UserError, contract
 from alexnet.rundir import metrics_rows
 
@@ -229,7 +229,7 @@ def setup_caption(runs: list[RunRecord]) -> str:
              if shared("model.arch") else None,
              f"{shared('trainer.epochs')} epochs" if shared("trainer.epochs") else None,
              f"{shared('trainer.precision')}" if shared("trainer.precision") not in (None, "auto") else None,
-             f"{len({r.config.get('seed') for r in runs})} seeds"]
+             (lambda n: f"{n} seed{'s' if n > 1 else ''}")(len({r.config.get("seed") for r in runs}))]
     return " | ".join(p for p in parts if p)
 
 
@@ -365,10 +365,13 @@ def effect_lines(runs: list[RunRecord], keys: list[str], baseline: dict | None) 
         if key not in keys:
             raise ReportError(f"--baseline {key}={value}: {key} does not vary between these runs. Fix: a key "
                               f"that varies: {', '.join(keys) or 'none does (the runs differ in seed only)'}.")
-        levels = sorted({str(r.config.get(key)) for r in runs})
-        if str(value) not in levels:
+        levels = {r.config.get(key) for r in runs}
+        if not any(same_level(level, value) for level in levels):
             raise ReportError(f"--baseline {key}={value}: no run has {key}={value}. Fix: one of "
-                              f"{', '.join(levels)}.")
+                              f"{', '.join(sorted(map(str, levels)))}.")
+        if len(levels) > MAX_LEVELS:
+            raise ReportError(f"--baseline {key}={value}: {key} has {len(levels)} values, a search; its table and "
+                              f"plots answer it, not pairwise lines (at most {MAX_LEVELS} values). Fix: drop it.")
     found, baselines = effects(runs, keys, config_defaults(), baseline)
     lines = [effect.sentence() for effect in found]
     sources = "; ".join(f"{key}: {value} ({source})" for key, (value, source) in baselines.items())
@@ -474,10 +477,14 @@ def main(argv: list[str] | None = None) -> int:
                              "config's own value); repeat for several keys")
     args = parser.parse_args(argv)
     with contract(interrupted="interrupted (Ctrl-C): the report may be incomplete; run the same command again"):
-        baseline = dict(b.split("=", 1) for b in args.baseline if "=" in b)
-        if len(baseline) != len(args.baseline):
+        malformed = [b for b in args.baseline if "=" not in b]
+        if malformed:
             raise ReportError(f"--baseline takes KEY=VALUE, e.g. --baseline model.dropout=0.0 (got "
-                              f"{', '.join(b for b in args.baseline if '=' not in b)})")
+                              f"{', '.join(malformed)})")
+        baseline = dict(b.split("=", 1) for b in args.baseline)
+        repeated = sorted({k for k in baseline if [b.split("=", 1)[0] for b in args.baseline].count(k) > 1})
+        if repeated:
+            raise ReportError(f"--baseline {repeated[0]} is given twice. Fix: one baseline per key.")
         if args.wandb:
             if not args.group or args.wandb.count("/") != 1:
                 raise ReportError("--wandb needs ENTITY/PROJECT and --group GROUP, e.g. "
@@ -505,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"can write to.") from e
         for note in result["notes"]:
             print(f"note: {note}", file=sys.stderr)
-        print("\n".join(result["effects"]))
+        if result["effects"]:
+            print("\n".join(result["effects"]))
         header, body = table(result["rows"], result["keys"])
         print(" | ".join(header))
         print("\n".join(" | ".join(cells) for cells in body))

@@ -69,9 +69,15 @@ def may_change(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE)
 
 
+# Fields added to the schema after checkpoints were written, with the value that trains as before they existed:
+# a checkpoint without the key was trained with that value.
+ADDED_FIELDS = {"data.random_erasing": 0.0}
+
+
 def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
     """(key, checkpoint's value, current value) for every key that differs and may not change on resume."""
     old, new = flatten(saved), flatten(now)
+    old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **old}
     differing = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
     scheduler = new.get("scheduler.name")
     def allowed(key: str) -> bool:

@@ -179,6 +179,8 @@ def test_printing_hydras_config_resolved_makes_no_run_dir(cli):
                                               "sweep. Fix: add hydra/sweeper=optuna hydra.sweeper.n_trials=N"),
     (["model.dropout=interval(0,0.5)"], "is a range to search, but this is a single run. Fix: add -m "
                                         "hydra/sweeper=optuna"),
+    # budget=cpu's seeds under Optuna would be searched as a hyperparameter (a review found it)
+    (["-m", "+experiment=search", "budget=cpu"], "budget=cpu sweeps seeds, which a sampling sweeper (Optuna) would"),
 ])
 def test_hostile_overrides_get_one_line_naming_the_fix(argv, message):
     from alexnet.errors import UserError

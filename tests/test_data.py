@@ -249,10 +249,11 @@ def test_a_failed_download_leaves_no_folder_or_partial_archive_behind(tmp_path, 
 
     monkeypatch.setattr(tv_utils, "download_url", cut_off)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/... is expanded as torchvision expands it
     (tmp_path / "kept").mkdir()
-    for root in ("new/cifar", "kept"):
+    for root in ("new/cifar", "kept", "~/from-home/cifar"):  # ~ must be quoted for Hydra's grammar
         with pytest.raises(DataError, match=f"could not download CIFAR-10 into data.root={root}: connection reset"):
-            alexnet.train(["data=cifar10", f"data.root={root}", "debug=smoke", "wandb.mode=disabled"])
+            alexnet.train(["data=cifar10", f"data.root='{root}'", "debug=smoke", "wandb.mode=disabled"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
 
 

@@ -400,3 +400,18 @@ def test_report_html_renders_in_a_real_browser_at_laptop_width(tmp_path):
         return gutter and left > 50 and right > 50
 
     assert any(side_by_side(top) for top in range(600, 2800, 50))  # the plots two to a row
+
+
+def test_a_baseline_is_read_as_hydra_reads_a_value():
+    from alexnet.effects import same_level, welch
+
+    assert same_level(True, "true") and same_level(0.0, "0") and same_level(0.5, "0.50") and same_level(0.001, "1e-3")
+    assert same_level(None, "null") and same_level("adam", "adam") and not same_level(0.5, "0.25")
+    assert not same_level(1, "true")  # a bool is not a number here
+    assert welch([0.7, 0.7], [0.6, 0.6]) == pytest.approx((0.1, None, None, None))  # no spread: no interval
+
+
+def test_a_baseline_given_twice_is_refused(sweep, tmp_path):
+    result = run_cli("report", [str(sweep), "--out", str(tmp_path / "r"), "--baseline", "model.dropout=0.0",
+                                "--baseline", "model.dropout=0.5"], tmp_path)
+    assert result.returncode == 2 and "--baseline model.dropout is given twice" in result.stderr
