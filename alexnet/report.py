@@ -95,7 +95,11 @@ def load_wandb_runs(path: str, group: str) -> list[RunRecord]:
         if run.job_type == "eval":
             continue
         status = {"finished": "finished", "running": "unfinished"}.get(run.state, "failed")
-        history = [row for row in run.scan_history(keys=["epoch", "val/acc", "train/images_per_sec"])]
+        by_epoch = {row["epoch"]: row for row in run.scan_history(keys=["epoch", "val/acc", "train/images_per_sec"])}
+        # the time and loss curves, where the run logged them (a scan returns only rows holding all its keys)
+        for row in run.scan_history(keys=["epoch", "train/elapsed", "train/loss_epoch"]):
+            by_epoch.get(row["epoch"], {}).update(row)
+        history = list(by_epoch.values())
         summary = {k: v for k, v in run.summary.items() if not k.startswith("_")}
         records.append(RunRecord(run.name, flatten(dict(run.config)), status, summary, history,
                                  run.summary.get("_runtime")))
