@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -43,11 +44,17 @@ def _key(path: Path) -> Path:
 
 
 def holder(run_dir: Path) -> str:
-    """Who holds the lock, as the lock file says (`pid N on HOST`)."""
-    try:
-        return (Path(run_dir) / ".lock").read_text().strip() or "another process"
-    except OSError:
-        return "another process"
+    """Who holds the lock, as the lock file says (`pid N on HOST`). The holder truncates the file and then writes
+    its line, so a read in between finds it empty: look again a few times before saying "another process"."""
+    for _ in range(5):
+        try:
+            text = (Path(run_dir) / ".lock").read_text().strip()
+        except OSError:
+            return "another process"
+        if text:
+            return text
+        time.sleep(0.05)
+    return "another process"
 
 
 def try_lock(run_dir: Path) -> bool:

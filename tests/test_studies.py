@@ -138,7 +138,8 @@ def test_submitit_job_interrupted_requeued_and_resumed(tmp_path):
     output, _ = proc.communicate(timeout=300)
     assert task is not None and proc.returncode == 0, output[-3000:]
     (job,) = cwd.glob("multirun/*/*/0")
-    log = next(job.parent.glob(".submitit/*/*_0_log.out")).read_text()
+    # submitit keeps the job's stdout in _log.out and its stderr, where warnings go, in _log.err
+    log = "".join(p.read_text() for p in sorted(job.parent.glob(".submitit/*/*_0_log.*")))
     assert "received SIGUSR2" in log and "submitit requeues the job" in log and "Requeued job" in log
     assert "resuming from" in log
     resumed, alone = load_checkpoint(job / "checkpoints/last.pt")["model"], load_checkpoint(
