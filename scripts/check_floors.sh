@@ -8,7 +8,7 @@
 # commit first. Exit status: pytest's.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="${1:-$(mktemp -d /tmp/alexnet-floors.XXXXXX)}"; shift || true
+if [[ $# -gt 0 && $1 != -* ]]; then WORK=$1; shift; else WORK=$(mktemp -d /tmp/alexnet-floors.XXXXXX); fi
 PY="${PYTHON:-python3}"
 mkdir -p "$WORK" && rm -rf "$WORK/clone" "$WORK/venv"
 git clone -q "$REPO" "$WORK/clone"

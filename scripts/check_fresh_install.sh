@@ -6,7 +6,8 @@
 #   scripts/check_fresh_install.sh [WORKDIR]      (default: a new temporary folder; kept, its path printed)
 #
 # Needs the package index (torch comes from it: about 1.5 min and 5.6 GB per environment). The clone is made
-# from this checkout's HEAD, so commit first. Exit 0 when both pass, 1 when one fails (its output shows why).
+# from this checkout's HEAD, so commit first. Exit 0 when both pass; otherwise the failing command's status
+# (its output shows why).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$(mktemp -d /tmp/alexnet-install.XXXXXX)}"
