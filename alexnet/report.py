@@ -78,8 +78,9 @@ def load_local_run(run_dir: Path) -> RunRecord:
     for row in metrics_rows(run_dir):
         if "_summary" in row:
             record.summary = row["_summary"]
-        elif "_exit" in row:
-            record.status = "finished" if row["_exit"] == 0 and record.summary else "failed"
+        elif "_exit" in row:  # 130: stopped by Ctrl-C or a signal, resumable from its checkpoint
+            record.status = ("finished" if row["_exit"] == 0 and record.summary
+                             else "interrupted" if row["_exit"] == 130 else "failed")
         elif "val/acc" in row:
             record.epochs.append(row)
         if "_runtime" in row:
