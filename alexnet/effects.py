@@ -100,7 +100,7 @@ def effects(runs: list, keys: list[str], defaults: dict, chosen: dict | None = N
     `.summary["test/acc"]`."""
     found, baselines = [], {}
     for key in keys:
-        levels = sorted({run.config.get(key) for run in runs}, key=_order)
+        levels = sorted({run.config.get(key) for run in runs}, key=level_order)
         if len(levels) > MAX_LEVELS:
             continue
         base, source = baseline_level(key, levels, defaults, chosen or {})
@@ -110,7 +110,7 @@ def effects(runs: list, keys: list[str], defaults: dict, chosen: dict | None = N
         for run in runs:
             stratum = strata.setdefault(tuple(run.config.get(k) for k in others), {})
             stratum.setdefault(run.config.get(key), []).append(run.summary["test/acc"])
-        for values in sorted(strata, key=lambda t: tuple(map(_order, t))):
+        for values in sorted(strata, key=lambda t: tuple(map(level_order, t))):
             by_level = strata[values]
             if base not in by_level:
                 continue
@@ -121,7 +121,7 @@ def effects(runs: list, keys: list[str], defaults: dict, chosen: dict | None = N
     return found, baselines
 
 
-def _order(value) -> tuple:
+def level_order(value) -> tuple:
     """Numbers in numeric order before anything else in text order (None last)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
         return (0, value, "")

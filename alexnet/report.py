@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.config import flatten
-from alexnet.effects import MAX_LEVELS, effects, same_level
+from alexnet.effects import MAX_LEVELS, effects, level_order, same_level
 from alexnet.errors import UserError, contract
 from alexnet.rundir import metrics_rows
 
@@ -288,9 +288,8 @@ def plot_test_acc(rows: list[Row], key: str, keys: list[str], path: Path, captio
     for row in rows:
         points = series.setdefault(tuple(row.values[k] for k in others), {})
         points.setdefault(row.values[key], []).extend(run.summary["test/acc"] for run in row.runs)
-    every = {v for points in series.values() for v in points}
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in every)
-    order = sorted(every) if numeric else sorted(every, key=str)
+    order = sorted({v for points in series.values() for v in points}, key=level_order)
+    numeric = all(level_order(v)[0] == 0 for v in order)
     position = {v: (v if numeric else i) for i, v in enumerate(order)}
     fig, ax = _figure((6.5, 4))
     colours = matplotlib.colormaps["tab10" if len(series) <= 10 else "tab20"]
@@ -314,16 +313,13 @@ def plot_parallel(rows: list[Row], keys: list[str], path: Path, caption: str = "
     """A search's view: one line per configuration across an axis per varied value and test accuracy, coloured
     by test accuracy. Each axis is scaled to its own range (text values in sorted order)."""
     import matplotlib
-    import matplotlib.pyplot as plt
-
-    from alexnet.effects import _order
 
     axes = [*keys, "test/acc"]
     columns = [[row.values[k] for row in rows] for k in keys] + [[row.test_acc[0] for row in rows]]
     scaled, ticks = [], []
     for column in columns:
-        levels = sorted(set(column), key=_order)
-        numeric = all(_order(v)[0] == 0 for v in levels)
+        levels = sorted(set(column), key=level_order)
+        numeric = all(level_order(v)[0] == 0 for v in levels)
         log = numeric and min(levels) > 0 and max(levels) / min(levels) >= 20  # a learning rate's decades
         low, high = (min(levels), max(levels)) if numeric else (0, max(len(levels) - 1, 1))
         position = (math.log10 if log else (lambda v: v)) if numeric else levels.index
@@ -486,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         if malformed:
             raise ReportError(f"--baseline takes KEY=VALUE, e.g. --baseline model.dropout=0.0 (got "
                               f"{', '.join(malformed)})")
-        baseline = dict(b.split("=", 1) for b in args.baseline)
-        repeated = sorted({k for k in baseline if [b.split("=", 1)[0] for b in args.baseline].count(k) > 1})
+        pairs = [b.split("=", 1) for b in args.baseline]
+        baseline, named = dict(pairs), [k for k, _ in pairs]
+        repeated = sorted({k for k in named if named.count(k) > 1})
         if repeated:
             raise ReportError(f"--baseline {repeated[0]} is given twice. Fix: one baseline per key.")
         if args.wandb:
