@@ -277,6 +277,9 @@ class TrainerConfig:
     tf32: bool = True  # TF32 tensor cores for fp32 matmuls and convs on CUDA
     label_smoothing: float = 0.0
     tta_hflip: bool = False  # validation and test average the logits of each image and its mirror image
+    # Validation, test and best.pt use an exponential moving average of the weights, updated every step with
+    # this decay (0.999: about the last 1,000 steps); null: the weights as trained (alexnet/ema.py)
+    ema_decay: Optional[float] = None
     limit_batches: Optional[int] = None  # cap on train and val batches per epoch, for quick checks (never the test)
     limit_test_images: Optional[int] = None  # score a seeded random subset of the test split (stated in the log)
     log_every_n_steps: int = 10
@@ -305,6 +308,8 @@ class TrainerConfig:
                self.limit_test_images, "null (the whole test split) or an integer >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps,
                "an integer >= 1")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "trainer.ema_decay", self.ema_decay,
+               "null (off) or a decay in (0, 1), such as 0.999")
         _check(0 <= self.label_smoothing < 1, "trainer.label_smoothing", self.label_smoothing, "a float in [0, 1)")
 
 

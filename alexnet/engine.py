@@ -17,6 +17,7 @@ from tqdm import tqdm
 from alexnet.errors import UserError
 from alexnet.data import Loader
 from alexnet.distributed import Dist
+from alexnet.ema import WeightEMA
 from alexnet.performance import resolve_precision
 
 log_line = logging.getLogger("alexnet").info
@@ -140,7 +141,8 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                     step: int, progress: EpochProgress, log: Callable[[dict, int], None],
                     generator_state: torch.Tensor | None = None,
                     checkpoint: Callable[[int, EpochProgress], None] | None = None,
-                    should_stop: Callable[[], bool] = lambda: False, dist: Dist = Dist()) -> tuple[dict | None, int]:
+                    should_stop: Callable[[], bool] = lambda: False, dist: Dist = Dist(),
+                    ema: WeightEMA | None = None) -> tuple[dict | None, int]:
     """Train on `loader` from `progress.batch` on; returns (the epoch's stats, or None if stopped early, step).
 
     `trainer` is the trainer config node. Loss and accuracy are summed on the device. At each log step
@@ -233,6 +235,8 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device:
                     counts = optimizer.found_inf == 0
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update(model)
                 if on_device:
                     del optimizer.found_inf
             if not skip_nonfinite:

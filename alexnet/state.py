@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alexnet.distributed import Dist
+from alexnet.ema import WeightEMA
 from alexnet.engine import EpochProgress
 from alexnet.resume import restore_rng_state, rng_state
 
@@ -34,6 +35,12 @@ class TrainState:
     best_weights: dict | None = None  # the model's state_dict at that epoch (a copy, on the model's device)
     best_epoch: int | None = None
     trained_seconds: float = 0.0  # training time of the finished epochs, evaluation and checkpoints excluded
+    ema: WeightEMA | None = None  # the weights' moving average (trainer.ema_decay), which is then evaluated
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights validation and test score, and best.pt holds: the moving average if there is one."""
+        return self.model if self.ema is None else self.ema.module
 
     def state_dict(self, data_generator_state: torch.Tensor | None, device: torch.device, dist: Dist = Dist()) -> dict:
         """The state to continue from (a collective with DDP: the epoch's sums are over all ranks)."""
@@ -44,7 +51,8 @@ class TrainState:
                 "trained_seconds": self.trained_seconds,
                 # the data generator's position matters mid-epoch only: a new epoch seeds its own
                 "rng": rng_state(data_generator_state if self.progress.batch else None, device),
-                "precision": self.precision, "config": self.config}
+                "precision": self.precision, "config": self.config,
+                "ema": None if self.ema is None else self.ema.state_dict()}
 
     def load_state_dict(self, saved: dict, device: torch.device, dist: Dist = Dist()) -> torch.Tensor | None:
         """Continue from `saved` (checked compatible beforehand); returns the data generator's state."""
@@ -57,12 +65,14 @@ class TrainState:
         self.best_epoch, best = saved["best_epoch"], saved["best_weights"]
         self.best_weights = None if best is None else {k: v.to(device) for k, v in best.items()}
         self.progress = EpochProgress.from_state(saved["progress"], dist)
+        if self.ema is not None:  # the config check made sure the checkpoint has one (same ema_decay)
+            self.ema.load_state_dict(saved["ema"])
         return restore_rng_state(saved["rng"], device)
 
     def keep_as_best(self, val_acc: float) -> None:
-        """The weights now (at the end of epoch `self.epoch`) are the best so far."""
+        """The evaluated weights now (at the end of epoch `self.epoch`) are the best so far."""
         self.best_val_acc, self.best_epoch = val_acc, self.epoch
-        self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}
 
     def weights_finite(self) -> bool:
         """Every parameter finite (one host sync): a checkpoint is only ever written from a finite state."""

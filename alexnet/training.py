@@ -31,6 +31,7 @@ from alexnet.config import Config, to_dict
 from alexnet.errors import INTERRUPTED, ConfigError, RunDirRefused, StopNow, UserError
 from alexnet.data import Dataset, Loader, Split, load_dataset
 from alexnet.distributed import Dist
+from alexnet.ema import WeightEMA
 from alexnet.engine import DIVERGENCE_FIX, EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
 from alexnet.archs import ARCHS, training_bytes
 from alexnet.models import count_parameters, model_from_config
@@ -171,10 +172,11 @@ def make_loaders(cfg: Config, data: Dataset, device: torch.device, dist: Dist) -
         test=Loader(test, d.eval_batch_size, **common), test_split=test)
 
 
-def checkpoint_bytes(model, optimizer_name: str) -> int:
-    """Room for last, previous and the one being written (weights, best weights, optimizer state), and best."""
+def checkpoint_bytes(model, optimizer_name: str, ema: bool) -> int:
+    """Room for last, previous and the one being written (weights, best weights, optimizer state, the moving
+    average), and best."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 3 * weights * (2 + STATE_COPIES.get(optimizer_name, 2)) + weights + 2**20
+    return 3 * weights * (2 + STATE_COPIES.get(optimizer_name, 2) + ema) + weights + 2**20
 
 
 # ------------------------------------------------------------------------------------------------ the steps
@@ -305,15 +307,16 @@ def set_up(cfg: Config, ctx: RunContext, dist: Dist, device: torch.device, confi
                           "otherwise each rank decides on its own loss, and a rank that skips leaves the others "
                           "waiting in the gradient all-reduce. Fix: optimizer.impl=auto (fused) with "
                           "trainer.precision=bf16 or fp32, or trainer.on_nonfinite=stop.")
-    state = TrainState(model, optimizer, scheduler, scaler, config, precision)
+    ema = WeightEMA(model, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    state = TrainState(model, optimizer, scheduler, scaler, config, precision, ema=ema)
     checkpoints = Checkpoints(ctx.run_dir / "checkpoints", cfg.trainer.save_checkpoints, dist.is_main)
     if checkpoints.writes:
-        check_writable(checkpoints.folder, checkpoint_bytes(model, cfg.optimizer.name))
+        check_writable(checkpoints.folder, checkpoint_bytes(model, cfg.optimizer.name, ema is not None))
     # DDP averages gradients over ranks; its broadcast at wrap time makes every rank start from rank 0's weights.
     wrapped = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if dist.active else model
     train_model = performance.maybe_compile(wrapped, cfg.trainer)
-    eval_model = performance.maybe_compile(model, cfg.trainer) if dist.active else train_model
+    eval_model = performance.maybe_compile(state.evaluated, cfg.trainer) if dist.active or ema else train_model
     info = {"name": ctx.name(), "group": ctx.group(cfg.wandb.group), "project": cfg.wandb.project,
             "entity": cfg.wandb.entity, "overrides": list(ctx.overrides)}
     log.info("%s: %s parameters | data: %d train, %d val, %d test images, %d classes | lr %.4g at batch %d",
@@ -373,9 +376,10 @@ def end_epoch(run: Run, train_stats: dict, val: dict, seconds: float) -> None:
     run.tracker.log({**train_stats, "val/loss": val["loss"], "val/acc": val["acc"], **best, "epoch": state.epoch,
                      "train/elapsed": state.trained_seconds, "epoch_time": seconds}, state.step)
     loss, acc = (train_stats.get(k) for k in ("train/loss_epoch", "train/acc"))  # absent if all were skipped
-    log.info("epoch %d/%d | train loss %s acc %s | val loss %.4f acc %.4f | %.0f img/s | %.1fs", state.epoch,
+    log.info("epoch %d/%d | train loss %s acc %s | val%s loss %.4f acc %.4f | %.0f img/s | %.1fs", state.epoch,
              trainer.epochs, "n/a" if loss is None else f"{loss:.4f}", "n/a" if acc is None else f"{acc:.4f}",
-             val["loss"], val["acc"], train_stats["train/images_per_sec"], seconds)
+             "" if state.ema is None else " (EMA)", val["loss"], val["acc"], train_stats["train/images_per_sec"],
+             seconds)
     if run.checkpoints.enabled:
         save_last(run, state.step, state.progress)
     if improved:
@@ -392,7 +396,7 @@ def fit(run: Run, generator_state: torch.Tensor | None, signals: StopSignals) ->
                 run.train_model, run.loaders.train, state.optimizer, state.scheduler, state.scaler, run.device,
                 trainer, state.epoch, state.step, state.progress, run.tracker.log, generator_state,
                 (lambda step, progress: save_last(run, step, progress)) if trainer.save_checkpoints else None,
-                signals.requested, run.dist)
+                signals.requested, run.dist, state.ema)
             generator_state = None  # only the first, resumed epoch continues a saved data order
             if train_stats is None:  # stopped by a signal, after a mid-epoch checkpoint
                 break
@@ -463,13 +467,14 @@ def test(run: Run, signals: StopSignals) -> dict | None:
     if best is None:
         raise NonFiniteLoss("no epoch ended with a finite validation loss, so there is no best checkpoint to test. "
                             f"{DIVERGENCE_FIX}, in a new run.")
-    state.model.load_state_dict(best)
+    state.evaluated.load_state_dict(best)
     test = evaluate(run.eval_model, run.loaders.test, run.device, state.precision, hflip=cfg.trainer.tta_hflip,
                     should_stop=signals.requested)
     if test is None:
         return None
     images, total = len(run.loaders.test_split), len(run.data.test)
-    log.info("test (best checkpoint, val acc %.4f): loss %.4f acc %.4f on %s", state.best_val_acc, test["loss"],
+    log.info("test (best checkpoint%s, val acc %.4f): loss %.4f acc %.4f on %s",
+             "" if state.ema is None else " of the weights' moving average", state.best_val_acc, test["loss"],
              test["acc"], f"all {total} images" if images == total else
              f"{images} of {total} images (a seeded random subset: trainer.limit_test_images)")
     run.tracker.log_test_results(test, run.data.classes, run.loaders.test_split.images, state.step,

@@ -1,0 +1,98 @@
+"""trainer.ema_decay: the moving average of the weights is what validation, test and best.pt hold, and it resumes
+exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.checkpoint import load_checkpoint
+from alexnet.config import compose, to_typed
+from alexnet.data import Loader, load_dataset
+from alexnet.ema import WeightEMA
+from alexnet.engine import evaluate
+from alexnet.errors import UserError
+from alexnet.models import model_from_config
+from alexnet.training import scored_test_split
+from conftest import TINY
+
+RUN = [*TINY, "model.width=0.125", "data.train_size=1200", "data.val_size=200", "data.test_size=200",
+       "trainer.deterministic=true", "wandb.mode=disabled", "trainer.ema_decay=0.9"]
+
+
+def test_the_average_follows_the_decay_with_its_warm_up_by_hand():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.5)
+    expected = 0.0  # the copy at construction
+    for n, value in enumerate([4.0, 8.0, -2.0, 10.0, 1.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+        decay = min(0.5, (1 + n) / (10 + n))  # 0.1, 0.1818..., 0.25, 0.3077..., 0.5 (capped from 0.357 on)
+        expected = decay * expected + (1 - decay) * value
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert ema.updates == 5 and not ema.module.weight.requires_grad
+
+
+def test_integer_buffers_take_the_latest_value_and_floats_are_averaged():
+    model = torch.nn.BatchNorm1d(2)
+    ema = WeightEMA(model, decay=0.99)
+    model.train()(torch.randn(8, 2))  # running stats move, num_batches_tracked becomes 1
+    ema.update(model)
+    assert ema.module.num_batches_tracked.item() == 1
+    assert torch.allclose(ema.module.running_mean, 0.9 * model.running_mean)  # decay 0.1 at the first update
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1"])
+def test_a_decay_outside_0_1_is_refused_at_composition(value):
+    with pytest.raises(UserError, match="trainer.ema_decay"):
+        to_typed(compose([*TINY, f"trainer.ema_decay={value}"]))
+
+
+def test_off_by_default():
+    assert to_typed(compose(TINY)).trainer.ema_decay is None
+
+
+def scored(weights: dict, overrides: list[str]) -> dict:
+    """The test split scored with `weights`, outside the training code."""
+    cfg = to_typed(compose(overrides))
+    data = load_dataset(cfg.data)
+    model = model_from_config(cfg.model, num_classes=len(data.classes))
+    model.load_state_dict(weights)
+    test = scored_test_split(data.test, None, cfg.data.split_seed)
+    loader = Loader(test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std,
+                    torch.device("cpu"))
+    return evaluate(model, loader, torch.device("cpu"), "fp32")
+
+
+def test_validation_test_and_best_pt_use_the_average_not_the_trained_weights(tmp_path):
+    overrides = [*RUN, "trainer.epochs=1"]  # one epoch: the best is the last, so best.pt is the average at its end
+    summary = alexnet.train(overrides, run_dir=tmp_path / "run")
+    last = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert last["ema"]["updates"] == last["step"] == 15
+    assert all(torch.equal(best["model"][k], v) for k, v in last["ema"]["module"].items())
+    assert not all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
+    # The summary's test loss is the average's (best.pt's), not that of the weights as trained.
+    assert scored(best["model"], overrides)["loss"] == pytest.approx(summary["test/loss"], rel=1e-5)
+    assert scored(last["model"], overrides)["loss"] != pytest.approx(summary["test/loss"], rel=1e-5)
+
+
+def test_a_run_with_an_average_resumes_exactly(tmp_path):
+    alone = tmp_path / "alone"
+    alexnet.train([*RUN, "trainer.epochs=2"], run_dir=alone)
+    stopped = tmp_path / "stopped"
+    alexnet.train([*RUN, "trainer.epochs=1"], run_dir=stopped)  # constant lr: epochs may change on resume
+    alexnet.train([*RUN, "trainer.epochs=2"], run_dir=stopped)
+    a, b = (load_checkpoint(d / "checkpoints/last.pt") for d in (alone, stopped))
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 30
+    assert all(torch.equal(a["ema"]["module"][k], v) for k, v in b["ema"]["module"].items())
+    assert all(torch.equal(a["model"][k], v) for k, v in b["model"].items())
+
+
+def test_the_decay_cannot_change_on_resume(tmp_path):
+    alexnet.train([*RUN, "trainer.epochs=1"], run_dir=tmp_path / "run")
+    with pytest.raises(UserError, match="trainer.ema_decay: 0.9 in the checkpoint, 0.99 now"):
+        alexnet.train([*RUN, "trainer.epochs=2", "trainer.ema_decay=0.99"], run_dir=tmp_path / "run")
