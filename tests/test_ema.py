@@ -96,3 +96,32 @@ def test_the_decay_cannot_change_on_resume(tmp_path):
     alexnet.train([*RUN, "trainer.epochs=1"], run_dir=tmp_path / "run")
     with pytest.raises(UserError, match="trainer.ema_decay: 0.9 in the checkpoint, 0.99 now"):
         alexnet.train([*RUN, "trainer.epochs=2", "trainer.ema_decay=0.99"], run_dir=tmp_path / "run")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_an_update_on_the_gpu_never_waits_for_it():
+    """The point of not using AveragedModel.update_parameters: no host sync per step (sync debug mode raises)."""
+    model = model_from_config(to_typed(compose(TINY)).model, num_classes=10).cuda()
+    ema = WeightEMA(model, decay=0.999)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            ema.update(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ema.updates == 3
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_compiled_bf16_run_on_the_gpu_evaluates_its_average(tmp_path):
+    overrides = [*RUN, "trainer.device=cuda", "trainer.precision=bf16", "trainer.compile=true", "trainer.epochs=1"]
+    overrides.remove("trainer.device=cpu")
+    overrides.remove("trainer.deterministic=true")
+    summary = alexnet.train(overrides, run_dir=tmp_path / "run")
+    last = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert last["ema"]["updates"] == last["step"] and summary["test/images"] == 200
+    assert all(torch.equal(best["model"][k], v) for k, v in last["ema"]["module"].items())
