@@ -2,6 +2,8 @@
 exactly."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -125,3 +127,21 @@ def test_a_compiled_bf16_run_on_the_gpu_evaluates_its_average(tmp_path):
     best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
     assert last["ema"]["updates"] == last["step"] and summary["test/images"] == 200
     assert all(torch.equal(best["model"][k], v) for k, v in last["ema"]["module"].items())
+
+
+def test_a_checkpoint_from_before_the_average_existed_resumes(tmp_path, caplog):
+    """Checkpoints written before trainer.ema_decay hold neither the key nor an average: they trained without."""
+    from alexnet.checkpoint import save_checkpoint
+
+    plain = [o for o in RUN if not o.startswith("trainer.ema_decay")]
+    alexnet.train([*plain, "trainer.epochs=1"], run_dir=tmp_path / "run")
+    path = tmp_path / "run/checkpoints/last.pt"
+    old = load_checkpoint(path)
+    del old["ema"], old["config"]["trainer"]["ema_decay"]
+    for name in ("last.pt", "last.prev.pt"):
+        (tmp_path / "run/checkpoints" / name).unlink(missing_ok=True)
+    save_checkpoint(path, old)
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        alexnet.train([*plain, "trainer.epochs=2"], run_dir=tmp_path / "run")
+    assert f"resuming from {path}: epoch 2, batch 0, step 15" in caplog.text
+    assert load_checkpoint(path)["step"] == 30
