@@ -24,7 +24,8 @@ from wandb_records import offline_runs, read_run
 SETUP = ["data=synthetic", "model=alexnet_cifar", "model.width=0.125", "model.dropout=0.0", "optimizer=sgd",
          "optimizer.lr=0.05",
          "trainer.epochs=2", "trainer.device=cpu", "wandb.mode=offline", "data.train_size=1200", "data.val_size=200",
-         "data.test_size=200", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=4"]
+         "data.test_size=200", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=4",
+         "trainer.ema_decay=0.9"]  # each rank averages its (identical) weights: evaluation scores the average
 WEIGHT_TOLERANCE = 1e-4  # max abs difference after 38 steps (float sums in another order); measured 1.5e-8
 
 
@@ -58,8 +59,10 @@ def test_two_ranks_train_the_same_model_as_one_process(single, tmp_path):
     (run_dir,) = {p.parent for p in tmp_path.glob("outputs/*/*/.hydra")}  # one run dir, rank 0's
     (wandb_run,) = [read_run(p) for p in offline_runs(run_dir)]  # only rank 0 logs
     assert wandb_run.exit_code == 0
-    ddp, alone = load_checkpoint(run_dir / "checkpoints/last.pt")["model"], load_checkpoint(
-        single / "checkpoints/last.pt")["model"]
+    ddp, alone = load_checkpoint(run_dir / "checkpoints/last.pt"), load_checkpoint(single / "checkpoints/last.pt")
+    assert max((ddp["ema"]["module"][k] - v).abs().max().item() for k, v in alone["ema"]["module"].items()) \
+        < WEIGHT_TOLERANCE
+    ddp, alone = ddp["model"], alone["model"]
     assert max((ddp[k] - alone[k]).abs().max().item() for k in alone) < WEIGHT_TOLERANCE
     torch.manual_seed(0)  # the run's seed: the model is the first thing drawn from it
     init = build_model("alexnet_cifar", width=0.125, dropout=0.0).state_dict()
