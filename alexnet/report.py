@@ -25,7 +25,10 @@ from alexnet.effects import MAX_LEVELS, effects, level_order, same_level
 from alexnet.errors import UserError, contract
 from alexnet.rundir import metrics_rows
 
-IGNORED = ("seed", "wandb.")  # seeds are what rows average over; W&B settings change nothing trained
+# Seeds are what rows average over; the rest change nothing trained (where data is cached, how often a run logs
+# or checkpoints, W&B settings), so runs that differ only in them are one configuration.
+IGNORED = ("seed", "wandb.", "data.cache_dir", "data.download", "trainer.log_every_n_steps",
+           "trainer.checkpoint_every_n_steps", "trainer.save_checkpoints", "trainer.resume", "fail_fast")
 # The key naming each group's option: fields that come with an option vary with it but are not factors.
 OPTION_KEYS = {"model": "model.arch", "data": "data.name", "optimizer": "optimizer.name",
                "scheduler": "scheduler.name"}

@@ -235,6 +235,18 @@ def test_fields_that_come_with_a_group_option_are_not_factors():
     assert varied_keys(runs) == ["model.dropout", "optimizer.lr", "optimizer.name"]
 
 
+def test_settings_that_change_nothing_trained_are_not_factors():
+    """Runs given their own data caches (as scripts/fast_cifar_levers.sh does), log rates or checkpoint
+    settings are one configuration; the first such report listed data.cache_dir as a factor."""
+    from alexnet.report import RunRecord, varied_keys
+
+    def run(cache, every, dropout):
+        return RunRecord("r", {"data.cache_dir": cache, "trainer.log_every_n_steps": every, "model.dropout": dropout,
+                               "trainer.save_checkpoints": every > 5, "seed": 0}, "finished")
+
+    assert varied_keys([run("/a", 1, 0.0), run("/b", 10, 0.0), run("/c", 10, 0.5)]) == ["model.dropout"]
+
+
 # --- effect sizes ---------------------------------------------------------------------------------------------
 def test_the_welch_interval_and_p_value_match_a_hand_computation():
     """Welch (1947) by hand: the standard error, the Welch-Satterthwaite degrees of freedom, the t quantile."""
