@@ -93,8 +93,13 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
         raise UserError(f"the checkpoint was trained on classes {ckpt['classes']} but data={cfg.data.name} has "
                         f"{data.classes}. Fix: evaluate on a data set with the checkpoint's classes.")
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
+    weights = ckpt["model"]  # best.pt: the weights validation chose (the moving average if the run kept one)
+    if ckpt.get("ema"):  # last.pt of a run with trainer.ema_decay: score what its validation scored
+        weights = ckpt["ema"]["module"]
+        log.info("scoring the checkpoint's moving average of the weights (trainer.ema_decay=%s), as the run's "
+                 "validation and test did", ckpt["config"]["trainer"].get("ema_decay"))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:  # possible only for a file made by hand: a real one's digest covers both
         raise NotACheckpoint(f"the weights in {cfg.ckpt} do not fit the model its config describes "
                              f"({first_line(e)}). Fix: pass a checkpoint written by alexnet.run.") from e

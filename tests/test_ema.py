@@ -145,3 +145,16 @@ def test_a_checkpoint_from_before_the_average_existed_resumes(tmp_path, caplog):
         alexnet.train([*plain, "trainer.epochs=2"], run_dir=tmp_path / "run")
     assert f"resuming from {path}: epoch 2, batch 0, step 15" in caplog.text
     assert load_checkpoint(path)["step"] == 30
+
+
+def test_evaluating_last_pt_or_best_pt_scores_the_average_as_the_run_did(tmp_path):
+    from conftest import run_cli
+
+    summary = alexnet.train([*RUN, "trainer.epochs=1"], run_dir=tmp_path / "run")  # best epoch = last epoch
+    expected = f"test loss {summary['test/loss']:.4f} | test accuracy {summary['test/acc']:.4f}"
+    for name in ("last.pt", "best.pt"):
+        result = run_cli("evaluate", [f"ckpt={tmp_path / 'run/checkpoints' / name}", "wandb.mode=disabled",
+                                      f"hydra.run.dir={tmp_path / name}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert expected in result.stdout, (name, result.stdout[:300])
+    assert "moving average" in (tmp_path / "last.pt" / "evaluate.log").read_text()
