@@ -181,6 +181,9 @@ def test_printing_hydras_config_resolved_makes_no_run_dir(cli):
                                         "hydra/sweeper=optuna"),
     # budget=cpu's seeds under Optuna would be searched as a hyperparameter (a review found it)
     (["-m", "+experiment=search", "budget=cpu"], "budget=cpu sweeps seeds, which a sampling sweeper (Optuna) would"),
+    # Hydra's "Sweeping over Hydra's configuration is not supported", with no fix (a study was started so)
+    (["-m", "+experiment=input_size", "hydra.sweeper.params.input_size=s32,s64"],
+     "sweeps a setting of Hydra's, which Hydra cannot do. Fix: sweep the key itself, input_size=s32,s64"),
 ])
 def test_hostile_overrides_get_one_line_naming_the_fix(argv, message):
     from alexnet.errors import UserError
