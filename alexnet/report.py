@@ -386,8 +386,10 @@ def effect_lines(runs: list[RunRecord], keys: list[str], baseline: dict | None) 
     return lines
 
 
-def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | None = None) -> dict:
-    """Write report.md, report.html and the plot PNGs into `out`; returns what it wrote and found."""
+def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | None = None,
+                 label: str | None = None) -> dict:
+    """Write report.md, report.html and the plot PNGs into `out`; returns what it wrote and found. `label`
+    ("CIFAR-10, JPEG q75 copy") opens the setup line under every figure."""
     finished = [r for r in runs if r.status == "finished"]
     skipped = [r for r in runs if r.status != "finished"]
     if not finished:
@@ -397,7 +399,7 @@ def write_report(runs: list[RunRecord], out: Path, title: str, baseline: dict | 
     rows = compare(finished, keys)
     answers = effect_lines(finished, keys, baseline)  # refuses a --baseline the runs lack before writing
     out.mkdir(parents=True, exist_ok=True)
-    caption = setup_caption(finished)
+    caption = " | ".join(p for p in (label, setup_caption(finished)) if p)
     plots = [plot_curves(rows, keys, y, x, title, out / f"{stem}.png", caption) for stem, y, x, title in CURVES
              if any(y in e and x in e for r in finished for e in r.epochs)]
     plots += [plot_test_acc(rows, key, keys, out / f"test_acc_vs_{key.replace('.', '_')}.png", caption)
@@ -476,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", help="with --wandb: the W&B group of the sweep")
     parser.add_argument("--out", type=Path, help="where to write the report (default: the first PATH)")
     parser.add_argument("--title", help="the report's heading (default: Comparison of PATH)")
+    parser.add_argument("--label", help="what the data is, opening the setup line under every figure and in the "
+                                        "report (e.g. 'CIFAR-10, JPEG q75 copy')")
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                         help="the level of a varied value that the others are compared with (default: the "
                              "config's own value); repeat for several keys")
@@ -511,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"no runs found in {where}. Fix: pass a multirun dir (multirun/<date>/<time>) or run "
                               f"dirs; a run dir holds .hydra/config.yaml and metrics.jsonl.")
         try:
-            result = write_report(runs, out, args.title or f"Comparison of {where}", baseline)
+            result = write_report(runs, out, args.title or f"Comparison of {where}", baseline, args.label)
         except OSError as e:
             raise ReportError(f"cannot write the report to {out}: {e.strerror or e}. Fix: --out DIR, a folder you "
                               f"can write to.") from e

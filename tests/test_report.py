@@ -427,3 +427,15 @@ def test_a_baseline_given_twice_is_refused(sweep, tmp_path):
     result = run_cli("report", [str(sweep), "--out", str(tmp_path / "r"), "--baseline", "model.dropout=0.0",
                                 "--baseline", "model.dropout=0.5"], tmp_path)
     assert result.returncode == 2 and "--baseline model.dropout is given twice" in result.stderr
+
+
+def test_a_label_opens_the_setup_line_of_the_report_and_of_every_figure(tmp_path, monkeypatch):
+    from alexnet import report
+
+    captions = []
+    real_save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, ax, path, caption="", **kw: (
+        captions.append(caption), real_save(fig, ax, path, caption, **kw))[1])
+    report.write_report(grid_runs(2), tmp_path, "grid", label="CIFAR-10, JPEG q75 copy")
+    assert "Setup: CIFAR-10, JPEG q75 copy | " in (tmp_path / "report.md").read_text()
+    assert captions and all(c.startswith("CIFAR-10, JPEG q75 copy | ") for c in captions)
