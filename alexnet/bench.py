@@ -42,6 +42,7 @@ from alexnet import performance
 from alexnet.config import Config, OptimizerImpl, Precision, compose, to_typed
 from alexnet.errors import UserError, contract
 from alexnet.data import Loader, Split
+from alexnet.ema import WeightEMA
 from alexnet.engine import DTYPES, EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config
 from alexnet.optim import build_optimizer, build_scheduler, resolve_impl
@@ -239,12 +240,13 @@ def train_segments(variant: Variant, split: Split, device: torch.device, steps: 
 
     loader.max_batches = steps
     scheduler = build_scheduler(cfg.scheduler, optimizer, len(loader), 1_000_000)
+    ema = WeightEMA(model, trainer.ema_decay) if trainer.ema_decay else None  # `ours+ema_decay=0.999`
 
     def ours() -> Iterator[int]:
         step = 0
         for epoch in itertools.count():
             _, step = train_one_epoch(step_model, loader, optimizer, scheduler, scaler, device, trainer, epoch,
-                                          step, EpochProgress(), lambda metrics, step: None)
+                                      step, EpochProgress(), lambda metrics, step: None, ema=ema)
             yield len(loader) * loader.batch_size
 
     return ours()
