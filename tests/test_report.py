@@ -283,7 +283,8 @@ def test_baselines_come_from_the_flag_the_config_or_the_first_level():
 
     assert baseline_level("model.dropout", [0.0, 0.5], {"model.dropout": 0.5}, {}) == (0.5, "the config's default")
     assert baseline_level("model.dropout", [0.0, 0.5], {"model.dropout": 0.5}, {"model.dropout": "0.0"})[0] == 0.0
-    assert baseline_level("model.input_size", [32, 64], {"model.input_size": 224}, {})[0] == 32
+    assert baseline_level("model.input_size", [32, 64], {"model.input_size": 224}, {}) == (
+        32, "the first value; the config's default, 224, is not among them")
 
 
 def test_the_report_opens_with_each_effect_and_its_interval(sweep, report):
