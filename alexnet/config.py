@@ -278,7 +278,9 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     tta_hflip: bool = False  # validation and test average the logits of each image and its mirror image
     # Validation, test and best.pt use an exponential moving average of the weights, updated every step with
-    # this decay (0.999: about the last 1,000 steps); null: the weights as trained (alexnet/ema.py)
+    # this decay; null: the weights as trained (alexnet/ema.py). Step n uses min(decay, (1+n)/(10+n)): the
+    # average spans about the last n/9 steps until the decay takes over (0.999: from step ~9,000 on, then about
+    # the last 1,000 steps)
     ema_decay: Optional[float] = None
     limit_batches: Optional[int] = None  # cap on train and val batches per epoch, for quick checks (never the test)
     limit_test_images: Optional[int] = None  # score a seeded random subset of the test split (stated in the log)

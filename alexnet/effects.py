@@ -88,7 +88,8 @@ def baseline_level(key: str, levels: list, defaults: dict, chosen: dict) -> tupl
     default = defaults.get(key)
     if any(v == default for v in levels):
         return next(v for v in levels if v == default), "the config's default"
-    return levels[0], f"the first value; the config's default, {default}, is not among them"
+    return levels[0], f"the first value; the config's default, {'null' if default is None else default}, is not " \
+                      f"among them"
 
 
 MAX_LEVELS = 10  # more levels than this is a search: its table and plots answer, not pairwise lines

@@ -25,7 +25,9 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        """Move the average towards `model`'s weights now (the raw model, a DDP or a compiled wrapper of it)."""
+        """Move the average towards `model`'s weights now (the raw model, a DDP or a compiled wrapper of it).
+        Called after every optimizer step; a step that a fused optimizer skipped on the device (a non-finite
+        gradient under on_nonfinite=skip) counts too, as deciding otherwise would need a host sync."""
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         averaged, current = self._tensors(self.module), self._tensors(model)
         floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]

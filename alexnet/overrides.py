@@ -105,13 +105,13 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
             raise ConfigError(f"{sweeps[0].input_line} is a sweep, but this is a single run. Fix: add -m to run one "
                               f"job per value, or write a list value as key=[a,b].")
         return [overrides]
-    hydra_sweep = next((o for o in parsed if o.is_sweep_override() and o.get_key_element().startswith("hydra.")), None)
+    hydra_sweep = next((o for o in parsed if o.is_sweep_override() and o.is_hydra_override()), None)
     if hydra_sweep is not None:  # Hydra's own message names no fix
-        key = hydra_sweep.get_key_element()
-        swept = key.removeprefix("hydra.sweeper.params.") if key.startswith("hydra.sweeper.params.") else "KEY"
-        raise ConfigError(f"{hydra_sweep.input_line} sweeps a setting of Hydra's, which Hydra cannot do. Fix: sweep "
-                          f"the key itself, {swept}={hydra_sweep.get_value_string()} "
-                          f"(it replaces a study's own sweep of that key).")
+        key = hydra_sweep.get_key_element().lstrip("+~")
+        fix = (f"sweep the key itself, {key.removeprefix('hydra.sweeper.params.')}={hydra_sweep.get_value_string()} "
+               f"(it replaces a study's own sweep of that key)" if key.startswith("hydra.sweeper.params.") else
+               f"give {key} one value" + ("" if "/" in key else f" (quote a value that holds commas: {key}='a,b')"))
+        raise ConfigError(f"{hydra_sweep.input_line} sweeps a setting of Hydra's, which Hydra cannot do. Fix: {fix}.")
     first, alternatives = [], []
     for o in parsed:
         if o.is_sweep_override() and o.is_discrete_sweep() and not isinstance(o.value(), Glob):

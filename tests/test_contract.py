@@ -184,6 +184,9 @@ def test_printing_hydras_config_resolved_makes_no_run_dir(cli):
     # Hydra's "Sweeping over Hydra's configuration is not supported", with no fix (a study was started so)
     (["-m", "+experiment=input_size", "hydra.sweeper.params.input_size=s32,s64"],
      "sweeps a setting of Hydra's, which Hydra cannot do. Fix: sweep the key itself, input_size=s32,s64"),
+    (["-m", "+hydra.sweeper.params.model.dropout=0.1,0.2"], "Fix: sweep the key itself, model.dropout=0.1,0.2"),
+    (["-m", "hydra/launcher=basic,joblib"], "Fix: give hydra/launcher one value."),
+    (["-m", "hydra.job.chdir=true,false"], "Fix: give hydra.job.chdir one value (quote a value that holds commas"),
 ])
 def test_hostile_overrides_get_one_line_naming_the_fix(argv, message):
     from alexnet.errors import UserError
