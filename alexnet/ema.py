@@ -29,13 +29,15 @@ class WeightEMA:
         Called after every optimizer step; a step that a fused optimizer skipped on the device (a non-finite
         gradient under on_nonfinite=skip) counts too, as deciding otherwise would need a host sync."""
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged, current = self._tensors(self.module), self._tensors(model)
-        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - decay)
-        for a, c in zip(averaged, current):
-            if not a.is_floating_point():  # counters (a batch norm's num_batches_tracked): the latest value
+        averaged, current = [], []
+        for a, c in zip(self._tensors(self.module), self._tensors(model), strict=True):
+            if a.is_floating_point():
+                averaged.append(a)
+                current.append(c)
+            else:  # counters (a batch norm's num_batches_tracked): the latest value
                 a.copy_(c)
+        if averaged:
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
         self.updates += 1
 
     def state_dict(self) -> dict:
