@@ -7,8 +7,8 @@
 #
 # --data: the JPEG CIFAR-10 copy unpacked (DIR/train, DIR/test). Each run's dir is OUT/runs/NAME (its
 # metrics.jsonl and config; checkpoints are deleted, as the device tool brings back few files); OUT/report/ holds
-# the report. A run past --timeout seconds is stopped (its metrics so far are kept; the exit code is then 1). PYTHON=... picks python;
-# DEVICE=cpu tries the script on a CPU.
+# the report. A run past --timeout seconds is stopped (its metrics so far are kept; the exit code is then 1).
+# PYTHON=... picks python; DEVICE=cpu tries the script on a CPU.
 set -uo pipefail
 set -f  # the overrides are split into words below, never globbed (key=[a,b])
 PY="${PYTHON:-python3}"
