@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -113,16 +114,16 @@ def subprocess_env(acc: Acceptance) -> dict:
     return env
 
 
-def run(acc: Acceptance, argv: list[str], log: Path, deadline: float) -> int | None:
-    """Run `argv` in its own process group, appending its output to `log`; its exit code, or None if it was
-    stopped at `deadline` (SIGINT, then SIGKILL after a grace period, both inside the deadline). SIGINT, as
-    Ctrl-C: a training run checkpoints and pytest still writes its report of the tests that ran."""
+def run(acc: Acceptance, argv: list[str], log: Path, deadline: float, **env: str) -> int | None:
+    """Run `argv` (with `env` added to its environment) in its own process group, appending its output to `log`;
+    its exit code, or None if it was stopped at `deadline` (SIGINT, then SIGKILL after a grace period, both
+    inside the deadline). SIGINT, as Ctrl-C: a training run checkpoints and pytest writes its reports."""
     grace = 2.0 if acc.smoke else 10.0
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen(argv, cwd=REPO, env=subprocess_env(acc), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=REPO, env={**subprocess_env(acc), **env}, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             try:
                 return proc.wait(timeout=max(0.0, deadline - grace - now()))
@@ -341,18 +342,25 @@ class Data:
 
 def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, str]:
     """`pytest -m gpu`. The compiled combinations (about 15 s of compilation each) come last (tests/conftest.py),
-    so a short time box still runs every eager test; stopped with SIGINT, pytest reports what ran."""
+    so a short time box still runs every eager test. Stopped at the deadline, pytest may die before its JUnit
+    report (a compilation does not heed SIGINT in the grace period): `-v` puts each test's outcome in the log as
+    it ends, and tests/conftest.py writes each failure's traceback to logs/gpu_tests_failures.log at once."""
     junit = acc.work / "gpu-tests.xml"
+    failures = log.with_name("gpu_tests_failures.log")
     # addopts cleared: no xdist workers sharing one GPU, and `-m gpu` instead of the default "not gpu"
     # --smoke: only the files that hold GPU tests (all skipped on the CPU): collecting the rest takes seconds
     where = ["tests/test_performance.py", "tests/test_models.py"] if acc.smoke else ["tests"]
-    argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-ra", "-p", "no:cacheprovider", "--timeout=300",
-            f"--junitxml={junit}", *where]
-    code = run(acc, argv, log, deadline)
-    counts = junit_counts(junit)
+    argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-v", "-ra", "-p", "no:cacheprovider",
+            "--timeout=300", f"--junitxml={junit}", *where]
+    code = run(acc, argv, log, deadline, ALEXNET_TEST_FAILURES=str(failures))
+    counts, source = (junit_counts(junit), "pytest's JUnit report") if junit.is_file() else \
+        (log_counts(log.read_text(errors="replace")), "the test log's per-test lines (no JUnit report)")
+    failed = counts.pop("failed_tests")
     for key, value in counts.items():
-        acc.record(f"gpu_tests.{key}", value, argv, derived="counted in pytest's JUnit report")
+        acc.record(f"gpu_tests.{key}", value, argv, derived=f"counted in {source}")
     note = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    if failed:
+        note += f" ({', '.join(failed)}; tracebacks in logs/{failures.name})"
     if code is None:
         return "timeout", note + ", stopped at the deadline"
     if code != 0:
@@ -364,12 +372,32 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
 
 def junit_counts(junit: Path) -> dict:
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    if junit.is_file():
-        for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
-            for key in counts:
-                counts[key] += int(suite.get(key, 0))
-    failed = counts["failures"] + counts["errors"]
-    return {"passed": counts["tests"] - failed - counts["skipped"], "failed": failed, "skipped": counts["skipped"]}
+    failed = []
+    for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+        failed += [case.get("name") for case in suite.iter("testcase")
+                   if case.find("failure") is not None or case.find("error") is not None]
+    n_failed = counts["failures"] + counts["errors"]
+    return {"passed": counts["tests"] - n_failed - counts["skipped"], "failed": n_failed,
+            "skipped": counts["skipped"], "failed_tests": failed}
+
+
+# `pytest -v`: "tests/test_x.py::test_name[param] PASSED   [ 12%]", written as each test ends
+VERBOSE_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
+
+
+def log_counts(text: str) -> dict:
+    """The counts from `pytest -v`'s per-test lines, for a run killed before its JUnit report. A test's setup
+    ERROR after its PASSED line (a teardown error) counts as a failure, once."""
+    outcomes: dict[str, str] = {}
+    for node, outcome in VERBOSE_LINE.findall(text):
+        if outcomes.get(node) not in ("FAILED", "ERROR"):
+            outcomes[node] = outcome
+    failed = [node.split("::", 1)[1] for node, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")]
+    skipped = sum(outcome in ("SKIPPED", "XFAIL") for outcome in outcomes.values())
+    return {"passed": len(outcomes) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
+            "failed_tests": failed}
 
 
 BENCHES = {  # name -> (bench arguments on a GPU, at toy size on the CPU for --smoke)

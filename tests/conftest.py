@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: "compile" in item.name)
 
 
+def pytest_runtest_logreport(report):
+    """Each failure's traceback appended to $ALEXNET_TEST_FAILURES as it happens: scripts/gpu_acceptance.sh's
+    time box can kill pytest (mid-compilation) before its end-of-run report."""
+    path = os.environ.get("ALEXNET_TEST_FAILURES")
+    if path and report.failed:
+        with open(path, "a") as out:
+            out.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
 # A small, fast, learnable set-up for end-to-end runs on a CPU.
 TINY = ["data=synthetic", "model=alexnet_cifar", "model.width=0.25", "optimizer=adam", "trainer.device=cpu",
         "wandb.mode=offline"]
