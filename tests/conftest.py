@@ -21,10 +21,20 @@ torch.set_num_threads(1)
 
 
 
+# Module-scoped fixtures that train or install (tens of seconds each): with `--dist loadgroup` every test that
+# uses one runs on one xdist worker, so the fixture is built once instead of once per worker.
+SHARED_FIXTURES = ("sweep", "trained", "single", "checkpoint_bytes", "installed", "reference")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """torch.compile'd combinations last (stable otherwise): in scripts/gpu_acceptance.sh's time box for
     `pytest -m gpu`, every eager test runs before the compilations start."""
     items.sort(key=lambda item: "compile" in item.name)
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
 
 
 def pytest_runtest_logreport(report):
