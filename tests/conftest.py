@@ -29,7 +29,8 @@ SHARED_FIXTURES = ("sweep", "trained", "single", "checkpoint_bytes", "installed"
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """torch.compile'd combinations last (stable otherwise): in scripts/gpu_acceptance.sh's time box for
-    `pytest -m gpu`, every eager test runs before the compilations start."""
+    `pytest -m gpu`, every eager test runs before the compilations start. Then each test that uses a
+    SHARED_FIXTURES fixture joins that fixture's xdist group (tryfirst: xdist reads the groups in this hook)."""
     items.sort(key=lambda item: "compile" in item.name)
     for item in items:
         shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
