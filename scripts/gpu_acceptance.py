@@ -350,15 +350,16 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
     # addopts cleared: no xdist workers sharing one GPU, and `-m gpu` instead of the default "not gpu"
     # --smoke: only the files that hold GPU tests (all skipped on the CPU): collecting the rest takes seconds
     where = ["tests/test_performance.py", "tests/test_models.py"] if acc.smoke else ["tests"]
-    argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-v", "-ra", "-p", "no:cacheprovider",
-            "--timeout=300", f"--junitxml={junit}", *where]
+    argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-v", "--color=no", "-ra", "-p",
+            "no:cacheprovider", "--timeout=300", f"--junitxml={junit}", *where]
     code = run(acc, argv, log, deadline, ALEXNET_TEST_FAILURES=str(failures))
-    counts, source = (junit_counts(junit), "pytest's JUnit report") if junit.is_file() else \
-        (log_counts(log.read_text(errors="replace")), "the test log's per-test lines (no JUnit report)")
+    counts, source = test_counts(junit, log)
     failed = counts.pop("failed_tests")
     for key, value in counts.items():
         acc.record(f"gpu_tests.{key}", value, argv, derived=f"counted in {source}")
     note = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    if source != JUNIT:
+        note += " (read from the log: no whole JUnit report)"
     if failed:
         note += f" ({', '.join(failed)}; tracebacks in logs/{failures.name})"
     if code is None:
@@ -370,34 +371,53 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
     return "passed", note
 
 
+def test_counts(junit: Path, log: Path) -> tuple[dict, str]:
+    """The counts and where they come from: the JUnit report when pytest finished writing it, else the log."""
+    try:
+        return junit_counts(junit), JUNIT
+    except (OSError, ElementTree.ParseError):  # none, or cut short by the kill
+        return log_counts(log.read_text(errors="replace")), FROM_LOG
+
+
+JUNIT = "pytest's JUnit report"
+FROM_LOG = "the test log's per-test lines (no whole JUnit report; a test running at the stop is not counted)"
+
+
+def tally(outcomes: dict[str, str]) -> dict:
+    """Counts from one outcome per test ("passed", "failed" or "skipped"), named by their last id part."""
+    failed = [test.rsplit("::", 1)[-1] for test, outcome in outcomes.items() if outcome == "failed"]
+    skipped = sum(outcome == "skipped" for outcome in outcomes.values())
+    return {"passed": len(outcomes) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
+            "failed_tests": failed}
+
+
 def junit_counts(junit: Path) -> dict:
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    failed = []
-    for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
-        for key in counts:
-            counts[key] += int(suite.get(key, 0))
-        failed += [case.get("name") for case in suite.iter("testcase")
-                   if case.find("failure") is not None or case.find("error") is not None]
-    n_failed = counts["failures"] + counts["errors"]
-    return {"passed": counts["tests"] - n_failed - counts["skipped"], "failed": n_failed,
-            "skipped": counts["skipped"], "failed_tests": failed}
+    """One outcome per test: pytest writes a second <testcase> (or counts a test twice in the suite's totals)
+    for an error at teardown, which counts here as the test failing, once."""
+    outcomes: dict[str, str] = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        test = f"{case.get('classname')}::{case.get('name')}"
+        if case.find("failure") is not None or case.find("error") is not None:
+            outcomes[test] = "failed"
+        elif outcomes.get(test) != "failed":
+            outcomes[test] = "skipped" if case.find("skipped") is not None else "passed"
+    return tally(outcomes)
 
 
-# `pytest -v`: "tests/test_x.py::test_name[param] PASSED   [ 12%]", written as each test ends
-VERBOSE_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
+# `pytest -v --color=no`: "tests/test_x.py::test_name[param] PASSED   [ 12%]", written as each test ends
+VERBOSE_LINE = re.compile(r"^(tests/.+?::.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)(?= |$)", re.MULTILINE)
+OUTCOME = {"PASSED": "passed", "XPASS": "passed", "FAILED": "failed", "ERROR": "failed", "SKIPPED": "skipped",
+           "XFAIL": "skipped"}
 
 
 def log_counts(text: str) -> dict:
-    """The counts from `pytest -v`'s per-test lines, for a run killed before its JUnit report. A test's setup
-    ERROR after its PASSED line (a teardown error) counts as a failure, once."""
+    """The counts from `pytest -v`'s per-test lines, for a run killed before its JUnit report: as junit_counts,
+    a test's ERROR at teardown after its PASSED or FAILED line makes it failed, once."""
     outcomes: dict[str, str] = {}
-    for node, outcome in VERBOSE_LINE.findall(text):
-        if outcomes.get(node) not in ("FAILED", "ERROR"):
-            outcomes[node] = outcome
-    failed = [node.split("::", 1)[1] for node, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")]
-    skipped = sum(outcome in ("SKIPPED", "XFAIL") for outcome in outcomes.values())
-    return {"passed": len(outcomes) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
-            "failed_tests": failed}
+    for test, word in VERBOSE_LINE.findall(text):
+        if outcomes.get(test) != "failed":
+            outcomes[test] = OUTCOME[word]
+    return tally(outcomes)
 
 
 BENCHES = {  # name -> (bench arguments on a GPU, at toy size on the CPU for --smoke)

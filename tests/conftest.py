@@ -42,7 +42,7 @@ def pytest_runtest_logreport(report):
     """Each failure's traceback appended to $ALEXNET_TEST_FAILURES as it happens: scripts/gpu_acceptance.sh's
     time box can kill pytest (mid-compilation) before its end-of-run report."""
     path = os.environ.get("ALEXNET_TEST_FAILURES")
-    if path and report.failed:
+    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: the controller writes it
         with open(path, "a") as out:
             out.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
 

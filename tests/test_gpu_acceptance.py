@@ -111,35 +111,42 @@ def check_markdown(text: str) -> None:
 
 
 def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks(tmp_path):
-    """The GPU step's pytest can die before its JUnit report: the -v log gives the counts, and the conftest hook
-    has written each failure's traceback as it happened (both as the acceptance runner sets them up)."""
+    """The GPU step's pytest can die before its JUnit report: the -v log gives the same counts, and the conftest
+    hook has written each failure's traceback as it happened (both as the acceptance runner sets them up). A
+    teardown error counts its test as failed, once, in both."""
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_mixed.py").write_text(
         "import pytest\n"
+        "@pytest.fixture\n"
+        "def bad_teardown():\n"
+        "    yield\n"
+        "    raise RuntimeError('teardown broke')\n"
         "def test_fine(): pass\n"
         "@pytest.mark.parametrize('x', [1, 2])\n"
         "def test_broken(x): assert x == 1, 'two is not one'\n"
+        "@pytest.mark.parametrize('s', ['a b'])\n"
+        "def test_passes_then_teardown_fails(bad_teardown, s): pass\n"
+        "def test_fails_then_teardown_fails(bad_teardown): assert False\n"
         "@pytest.mark.skip(reason='not here')\n"
         "def test_skipped(): pass\n")
-    failures = tmp_path / "failures.log"
+    failures, junit = tmp_path / "failures.log", tmp_path / "junit.xml"
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ALEXNET_TEST_FAILURES": str(failures)}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-v", "-p", "conftest",
-                             "-p", "no:cacheprovider", "tests"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-v", "--color=no", "-p", "conftest",
+                             "-p", "no:cacheprovider", f"--junitxml={junit}", "tests"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout[-2000:]
-    assert acceptance.log_counts("$ pytest -v\n" + result.stdout) == {
-        "passed": 2, "failed": 1, "skipped": 1, "failed_tests": ["test_broken[2]"]}
+    expected = {"passed": 2, "failed": 3, "skipped": 1, "failed_tests": [
+        "test_broken[2]", "test_passes_then_teardown_fails[a b]", "test_fails_then_teardown_fails"]}
+    assert acceptance.log_counts("$ pytest -v\n" + result.stdout) == expected
+    assert acceptance.test_counts(junit, tmp_path / "unused.log") == (expected, acceptance.JUNIT)
+    junit.write_text(junit.read_text()[:200])  # cut short by a kill: the log counts
+    log = tmp_path / "pytest.log"
+    log.write_text(result.stdout)
+    assert acceptance.test_counts(junit, log) == (expected, acceptance.FROM_LOG)
     written = failures.read_text()
     assert "===== tests/test_mixed.py::test_broken[2] (call)" in written and "two is not one" in written
+    assert "test_passes_then_teardown_fails[a b] (teardown)" in written and "teardown broke" in written
     assert "test_fine" not in written and "test_broken[1]" not in written
-
-
-def test_a_teardown_error_after_a_pass_counts_once_as_failed():
-    log = ("tests/a.py::test_x PASSED    [ 50%]\n"
-           "tests/a.py::test_x ERROR     [ 50%]\n"
-           "tests/b.py::test_x PASSED    [100%]\n"
-           "[gpu_acceptance] stopped at its deadline (SIGINT, then SIGKILL after 10 s)\n")
-    assert acceptance.log_counts(log) == {"passed": 1, "failed": 1, "skipped": 0, "failed_tests": ["test_x"]}
 
 
 def test_a_tiny_budget_times_steps_out_and_still_ends_in_time(tmp_path):
