@@ -38,13 +38,24 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
 
 
-def pytest_runtest_logreport(report):
-    """Each failure's traceback appended to $ALEXNET_TEST_FAILURES as it happens: scripts/gpu_acceptance.sh's
-    time box can kill pytest (mid-compilation) before its end-of-run report."""
+class FailureLog:
+    """Each failure's traceback appended to a file as it happens: scripts/gpu_acceptance.sh's time box can kill
+    pytest (mid-compilation) before its end-of-run report."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            with open(self.path, "a") as out:
+                out.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
+def pytest_configure(config):
     path = os.environ.get("ALEXNET_TEST_FAILURES")
-    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: the controller writes it
-        with open(path, "a") as out:
-            out.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+    # not in an xdist worker (its controller sees every report too); a pytest that a worker starts is not one
+    if path and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(FailureLog(path), "alexnet-failure-log")
 
 
 # A small, fast, learnable set-up for end-to-end runs on a CPU.
