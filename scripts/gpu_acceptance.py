@@ -353,7 +353,7 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
     argv = [PY, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-v", "--color=no", "-ra", "-p",
             "no:cacheprovider", "--timeout=300", f"--junitxml={junit}", *where]
     code = run(acc, argv, log, deadline, ALEXNET_TEST_FAILURES=str(failures))
-    counts, source = test_counts(junit, log)
+    counts, source = count_tests(junit, log)
     failed = counts.pop("failed_tests")
     for key, value in counts.items():
         acc.record(f"gpu_tests.{key}", value, argv, derived=f"counted in {source}")
@@ -371,7 +371,7 @@ def step_gpu_tests(acc: Acceptance, log: Path, deadline: float) -> tuple[str, st
     return "passed", note
 
 
-def test_counts(junit: Path, log: Path) -> tuple[dict, str]:
+def count_tests(junit: Path, log: Path) -> tuple[dict, str]:
     """The counts and where they come from: the JUnit report when pytest finished writing it, else the log."""
     try:
         return junit_counts(junit), JUNIT

@@ -138,11 +138,11 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
     expected = {"passed": 2, "failed": 3, "skipped": 1, "failed_tests": [
         "test_broken[2]", "test_passes_then_teardown_fails[a b]", "test_fails_then_teardown_fails"]}
     assert acceptance.log_counts("$ pytest -v\n" + result.stdout) == expected
-    assert acceptance.test_counts(junit, tmp_path / "unused.log") == (expected, acceptance.JUNIT)
+    assert acceptance.count_tests(junit, tmp_path / "unused.log") == (expected, acceptance.JUNIT)
     junit.write_text(junit.read_text()[:200])  # cut short by a kill: the log counts
     log = tmp_path / "pytest.log"
     log.write_text(result.stdout)
-    assert acceptance.test_counts(junit, log) == (expected, acceptance.FROM_LOG)
+    assert acceptance.count_tests(junit, log) == (expected, acceptance.FROM_LOG)
     written = failures.read_text()
     assert "===== tests/test_mixed.py::test_broken[2] (call)" in written and "two is not one" in written
     assert "test_passes_then_teardown_fails[a b] (teardown)" in written and "teardown broke" in written
