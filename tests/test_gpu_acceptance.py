@@ -113,7 +113,7 @@ def check_markdown(text: str) -> None:
 def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks(tmp_path):
     """The GPU step's pytest can die before its JUnit report: the -v log gives the same counts, and the conftest
     hook has written each failure's traceback as it happened (both as the acceptance runner sets them up). A
-    teardown error counts its test as failed, once, in both."""
+    teardown error counts its test as failed, once, in both; a test ended by SIGINT is found in the tracebacks."""
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_mixed.py").write_text(
         "import pytest\n"
@@ -127,6 +127,7 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
         "@pytest.mark.parametrize('s', ['a b'])\n"
         "def test_passes_then_teardown_fails(bad_teardown, s): pass\n"
         "def test_fails_then_teardown_fails(bad_teardown): assert False\n"
+        "def test_stopped_by_ctrl_c(): raise SystemExit(130)\n"  # an in-process run's answer to SIGINT
         "@pytest.mark.skip(reason='not here')\n"
         "def test_skipped(): pass\n")
     failures, junit = tmp_path / "failures.log", tmp_path / "junit.xml"
@@ -135,8 +136,9 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
                              "-p", "no:cacheprovider", f"--junitxml={junit}", "tests"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout[-2000:]
-    expected = {"passed": 2, "failed": 3, "skipped": 1, "failed_tests": [
-        "test_broken[2]", "test_passes_then_teardown_fails[a b]", "test_fails_then_teardown_fails"]}
+    expected = {"passed": 2, "failed": 4, "skipped": 1, "failed_tests": [
+        "test_broken[2]", "test_passes_then_teardown_fails[a b]", "test_fails_then_teardown_fails",
+        "test_stopped_by_ctrl_c"]}
     assert acceptance.log_counts("$ pytest -v\n" + result.stdout) == expected
     assert acceptance.count_tests(junit, tmp_path / "unused.log") == (expected, acceptance.JUNIT)
     junit.write_text(junit.read_text()[:200])  # cut short by a kill: the log counts
@@ -147,6 +149,9 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
     assert "===== tests/test_mixed.py::test_broken[2] (call)" in written and "two is not one" in written
     assert "test_passes_then_teardown_fails[a b] (teardown)" in written and "teardown broke" in written
     assert "test_fine" not in written and "test_broken[1]" not in written
+    # the deadline's SIGINT, not the test: told apart from the real failures
+    assert acceptance.interrupted_tests(failures) == {"test_stopped_by_ctrl_c"}
+    assert acceptance.interrupted_tests(tmp_path / "none.log") == set()
 
 
 def test_a_tiny_budget_times_steps_out_and_still_ends_in_time(tmp_path):
