@@ -87,7 +87,7 @@ def check_figures(summary: dict, out: Path) -> None:
         assert all(s > 0 for s in shares) and sum(shares) == pytest.approx(1.0)
     for key in ("tta.test_acc", "tta.train_seconds", "ddp.seconds", "gpu_tests.skipped",
                 "studies.lrn.model.lrn=true.test_acc", "studies.lrn.model.lrn=false.test_acc",
-                "studies.dropout.model.dropout=0.25.test_acc"):  # --smoke: two values a study
+                "studies.dropout.model.dropout=0.5.test_acc"):  # --smoke: two values a study
         assert key in figures, key
     assert figures["tta.epochs_done"]["value"] == 2 and "+experiment=fast_cifar" in figures["tta.test_acc"]["command"]
     assert "torch.distributed.run" in figures["ddp.seconds"]["command"]
