@@ -47,8 +47,10 @@ class FailureLog:
 
     def pytest_runtest_logreport(self, report):
         if report.failed:
+            # the exception that ended the test, on a line of its own: the runner tells SIGINT's exit 130 apart
+            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "")
             with open(self.path, "a") as out:
-                out.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+                out.write(f"===== {report.nodeid} ({report.when})\ncrash: {crash}\n{report.longreprtext}\n\n")
 
 
 def pytest_configure(config):

@@ -85,7 +85,7 @@ def check_figures(summary: dict, out: Path) -> None:
         shares = [figures[f"bench.{bench}.profile.{p}_share"]["value"] for p in ("data", "forward", "backward",
                                                                                  "optimizer")]
         assert all(s > 0 for s in shares) and sum(shares) == pytest.approx(1.0)
-    for key in ("tta.test_acc", "tta.train_seconds", "ddp.seconds", "gpu_tests.skipped",
+    for key in ("tta.test_acc", "tta.train_seconds", "ddp.seconds", "gpu_tests.skipped", "gpu_tests.interrupted",
                 "studies.lrn.model.lrn=true.test_acc", "studies.lrn.model.lrn=false.test_acc",
                 "studies.dropout.model.dropout=0.5.test_acc"):  # --smoke: two values a study
         assert key in figures, key
@@ -110,6 +110,17 @@ def check_markdown(text: str) -> None:
     assert "Hardware bound: 2 epochs x 96 images at the bench's ceiling" in text  # limit_batches 3 x batch 32
 
 
+def test_only_the_test_that_sigint_ended_first_counts_as_interrupted(tmp_path):
+    """A test that failed before the stop (here: in its call, then SIGINT in its teardown) stays failed; of two
+    entries that end in exit 130, only the last can be the test that was running at the deadline."""
+    failures = tmp_path / "failures.log"
+    failures.write_text("===== tests/t.py::test_a (call)\ncrash: AssertionError: no\nE   AssertionError: no\n\n"
+                        "===== tests/t.py::test_a (teardown)\ncrash: SystemExit: 130\nE   SystemExit: 130\n\n"
+                        "===== tests/t.py::test_b (call)\ncrash: SystemExit: 130\nE   SystemExit: 130\n\n"
+                        "===== tests/t.py::test_c[x y] (call)\ncrash: SystemExit: 130\nE   SystemExit: 130\n\n")
+    assert acceptance.interrupted_tests(failures) == {"test_c[x y]"}
+
+
 def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks(tmp_path):
     """The GPU step's pytest can die before its JUnit report: the -v log gives the same counts, and the conftest
     hook has written each failure's traceback as it happened (both as the acceptance runner sets them up). A
@@ -127,7 +138,9 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
         "@pytest.mark.parametrize('s', ['a b'])\n"
         "def test_passes_then_teardown_fails(bad_teardown, s): pass\n"
         "def test_fails_then_teardown_fails(bad_teardown): assert False\n"
-        "def test_stopped_by_ctrl_c(): raise SystemExit(130)\n"  # an in-process run's answer to SIGINT
+        "@pytest.mark.parametrize('s', ['a b'])\n"
+        "def test_stopped_by_ctrl_c(s): raise SystemExit(130)\n"  # an in-process run's answer to SIGINT
+        "def test_mentions_ctrl_c(): assert 0, 'stderr:\\nSystemExit: 130\\nKeyboardInterrupt'\n"
         "@pytest.mark.skip(reason='not here')\n"
         "def test_skipped(): pass\n")
     failures, junit = tmp_path / "failures.log", tmp_path / "junit.xml"
@@ -136,9 +149,9 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
                              "-p", "no:cacheprovider", f"--junitxml={junit}", "tests"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout[-2000:]
-    expected = {"passed": 2, "failed": 4, "skipped": 1, "failed_tests": [
+    expected = {"passed": 2, "failed": 5, "skipped": 1, "failed_tests": [
         "test_broken[2]", "test_passes_then_teardown_fails[a b]", "test_fails_then_teardown_fails",
-        "test_stopped_by_ctrl_c"]}
+        "test_stopped_by_ctrl_c[a b]", "test_mentions_ctrl_c"]}
     assert acceptance.log_counts("$ pytest -v\n" + result.stdout) == expected
     assert acceptance.count_tests(junit, tmp_path / "unused.log") == (expected, acceptance.JUNIT)
     junit.write_text(junit.read_text()[:200])  # cut short by a kill: the log counts
@@ -150,7 +163,7 @@ def test_a_killed_pytest_is_still_counted_and_its_failures_keep_their_tracebacks
     assert "test_passes_then_teardown_fails[a b] (teardown)" in written and "teardown broke" in written
     assert "test_fine" not in written and "test_broken[1]" not in written
     # the deadline's SIGINT, not the test: told apart from the real failures
-    assert acceptance.interrupted_tests(failures) == {"test_stopped_by_ctrl_c"}
+    assert acceptance.interrupted_tests(failures) == {"test_stopped_by_ctrl_c[a b]"}  # not one that only says so
     assert acceptance.interrupted_tests(tmp_path / "none.log") == set()
 
 
