@@ -104,9 +104,10 @@ def test_every_switch_combination_computes_the_same_function(arch, device, preci
         assert error < tolerance, f"{what}: relative error {error:.2e}"
 
 
-# TF32 keeps fp32's range with a 10-bit mantissa. Measured against IEEE fp32 on an H200 (docs/gpu/2026-11-27-h200):
-# 9.7e-3 relative error in the gradients (NHWC kernels); about 2.5x that, as for TOLERANCE. Logits: fp16's bound.
-TF32_TOLERANCE = (2e-3, 2.5e-2)
+# TF32 keeps fp32's range with a 10-bit mantissa. Gradients against IEEE fp32, measured on H200s with an earlier
+# form of this test: 9.7e-3 (NHWC, docs/gpu/2026-11-27-h200) and about 1.4e-2 (docs/gpu/2026-11-26-h200); logits
+# stayed under 5e-3 there (not measured more closely). Bounds about 2-3x the gradients' figures, as for TOLERANCE.
+TF32_TOLERANCE = (5e-3, 3e-2)
 
 
 @pytest.mark.gpu
@@ -114,15 +115,21 @@ TF32_TOLERANCE = (2e-3, 2.5e-2)
 # not `benchmark`: pytest-benchmark (on the GPU image) owns that fixture name, and the clash is an INTERNALERROR
 @pytest.mark.parametrize("tf32,autotune", [(True, True), (True, False), (False, True)])
 def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, autotune):
-    """Against IEEE fp32 with cuDNN's default kernels: TF32 within its rounding, autotuning only reorders sums.
-    Every flag is named on both sides: logits_and_grads applies the config's, whose defaults are TF32, autotuning
-    and channels_last."""
+    """The training path's defaults (channels_last) with TF32 and autotuning switched, against IEEE fp32 NCHW with
+    cuDNN's deterministic kernels: TF32 within its rounding, autotuning only reorders sums. logits_and_grads
+    applies its config's flags, so both sides name them. The reference also sets cudnn.deterministic: cuDNN's plan
+    cache is keyed by it (and by TF32), not by autotuning, so the reference never reuses an autotuned plan."""
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     state = build_model("alexnet", input_size=SIZES["alexnet"], width=0.25, dropout=0.0).state_dict()
-    ieee = ("precision=fp32", "channels_last=false", "tf32=false", "cudnn_benchmark=false")
-    reference = logits_and_grads("alexnet", cuda, trainer(cuda, *ieee), state)
-    fast = trainer(cuda, "precision=fp32", "channels_last=false", f"tf32={tf32}", f"cudnn_benchmark={autotune}")
+    saved = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        ieee = trainer(cuda, "precision=fp32", "channels_last=false", "tf32=false", "cudnn_benchmark=false")
+        reference = logits_and_grads("alexnet", cuda, ieee, state)
+    finally:
+        torch.backends.cudnn.deterministic = saved
+    fast = trainer(cuda, "precision=fp32", f"tf32={tf32}", f"cudnn_benchmark={autotune}")
     tolerances = TF32_TOLERANCE if tf32 else CUDA_FP32_TOLERANCE
     for value, expected, tolerance, what in zip(logits_and_grads("alexnet", cuda, fast, state), reference,
                                                 tolerances, ("logits", "gradients")):
