@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,12 @@ class FailureLog:
 
     def pytest_runtest_logreport(self, report):
         if report.failed:
-            # the exception that ended the test, on a line of its own: the runner tells SIGINT's exit 130 apart
-            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "")
+            # when, and the exception that ended the test (its first line): the runner tells the deadline's
+            # SIGINT (an in-process run's exit 130 after it) from a failure
+            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "") or ""
             with open(self.path, "a") as out:
-                out.write(f"===== {report.nodeid} ({report.when})\ncrash: {crash}\n{report.longreprtext}\n\n")
+                out.write(f"===== {report.nodeid} ({report.when})\nat: {time.time():.3f}\n"
+                          f"crash: {crash.partition(chr(10))[0]}\n{report.longreprtext}\n\n")
 
 
 def pytest_configure(config):
