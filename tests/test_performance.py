@@ -106,19 +106,21 @@ def test_every_switch_combination_computes_the_same_function(arch, device, preci
 
 # TF32 keeps fp32's range with a 10-bit mantissa. Gradients against IEEE fp32, measured on H200s with an earlier
 # form of this test: 9.7e-3 (NHWC, docs/gpu/2026-11-27-h200) and about 1.4e-2 (docs/gpu/2026-11-26-h200); logits
-# stayed under 5e-3 there (not measured more closely). Bounds about 2-3x the gradients' figures, as for TOLERANCE.
-TF32_TOLERANCE = (5e-3, 3e-2)
+# stayed under 5e-3 there (not measured more closely). Bounds about 2-3x those figures, as for TOLERANCE.
+TF32_TOLERANCE = (1e-2, 3e-2)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # not `benchmark`: pytest-benchmark (on the GPU image) owns that fixture name, and the clash is an INTERNALERROR
-@pytest.mark.parametrize("tf32,autotune", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("tf32,autotune", [(True, False), (True, True), (False, True)])
 def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, autotune):
     """The training path's defaults (channels_last) with TF32 and autotuning switched, against IEEE fp32 NCHW with
     cuDNN's deterministic kernels: TF32 within its rounding, autotuning only reorders sums. logits_and_grads
     applies its config's flags, so both sides name them. The reference also sets cudnn.deterministic: cuDNN's plan
-    cache is keyed by it (and by TF32), not by autotuning, so the reference never reuses an autotuned plan."""
+    cache is keyed by it (and by TF32), not by autotuning, so the reference never reuses an autotuned plan. For the
+    same reason the two TF32 cases can share a plan within one process (the first to run picks it): together they
+    check TF32 with whichever kernels ran, the heuristic's first."""
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     state = build_model("alexnet", input_size=SIZES["alexnet"], width=0.25, dropout=0.0).state_dict()
