@@ -57,6 +57,11 @@ class Strategy(Enum):
     ddp = "ddp"  # DistributedDataParallel, one process per device, started by torchrun
 
 
+class EvalWeights(Enum):
+    average = "average"  # what the run's validation scored: the moving average when trainer.ema_decay kept one
+    trained = "trained"  # the optimizer's own weights (of an averaging run, only last.pt holds them)
+
+
 class OnNonFinite(Enum):
     stop = "stop"  # stop the run, keeping the last good checkpoint
     skip = "skip"  # skip the batch (costs one host sync per step) and count it
@@ -355,6 +360,7 @@ class Config:
 @dataclass
 class EvaluateConfig(Config):
     ckpt: str = MISSING  # the checkpoint to score; its model (and, unless overridden, its data) config is used
+    weights: EvalWeights = EvalWeights.average  # which weights of a run with trainer.ema_decay: average, trained
 
 
 GROUP_SCHEMAS = {

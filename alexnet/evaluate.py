@@ -55,19 +55,46 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+# How the run's own test scored (flips averaged in, autocast precision): kept unless the command line sets them,
+# so that evaluating a checkpoint gives the number its run logged
+SCORING_KEYS = ("tta_hflip", "precision")
+
+
 def checkpoint_config(dict_cfg: DictConfig, trained: dict, overrides: list[str]) -> DictConfig:
-    """The composed config with the checkpoint's model, and its data unless the command line changed it."""
+    """The composed config with the checkpoint's model, its scoring settings and its data, each unless the command
+    line changed it."""
     keys = [_key(o) for o in overrides]
     if any(k == "model" or k.startswith("model.") for k in keys):
         log.warning("model overrides are ignored: the model is rebuilt from the checkpoint's config")
     cfg = dict_cfg.copy()
     cfg.model = OmegaConf.merge(OmegaConf.structured(GROUP_SCHEMAS["model"]["default"]), trained["model"])
+    for key in SCORING_KEYS:
+        if f"trainer.{key}" not in keys and key in trained.get("trainer", {}):
+            cfg.trainer[key] = trained["trainer"][key]
     if dict_cfg.data.name == trained["data"]["name"]:  # the checkpoint's data, with any data.KEY=VALUE on top
         data = OmegaConf.merge(OmegaConf.structured(GROUP_SCHEMAS["data"][trained["data"]["name"]]), trained["data"])
         for key in (k for k in keys if k.startswith("data.")):
             OmegaConf.update(data, key[len("data."):], OmegaConf.select(dict_cfg, key), merge=False)
         cfg.data = data
     return cfg
+
+
+def checkpoint_weights(ckpt: dict, which: str, path: str) -> tuple[dict, str]:
+    """The state dict to score and what it is ("average" or "trained"). A run with trainer.ema_decay keeps its
+    average in last.pt beside the trained weights, and only the average in best.pt (validation chose by it)."""
+    ema_decay = ckpt["config"]["trainer"].get("ema_decay")
+    if which == "trained" and ckpt.get("ema"):
+        log.info("scoring the checkpoint's trained weights, not their moving average (weights=trained)")
+        return ckpt["model"], "trained"
+    if which == "trained" and ema_decay:
+        raise ConfigError(f"weights=trained: {path} holds only the moving average of the weights (best.pt of a "
+                          f"run with trainer.ema_decay={ema_decay}). Fix: evaluate that run's checkpoints/last.pt "
+                          f"with weights=trained, or drop weights=trained to score the average.")
+    if ckpt.get("ema"):  # last.pt of a run with trainer.ema_decay: score what its validation scored
+        log.info("scoring the checkpoint's moving average of the weights (trainer.ema_decay=%s), as the run's "
+                 "validation and test did; weights=trained scores the trained ones", ema_decay)
+        return ckpt["ema"]["module"], "average"
+    return ckpt["model"], "average" if ema_decay else "trained"  # best.pt: what validation chose
 
 
 def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
@@ -80,6 +107,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     composed = checkpoint_config(dict_cfg, ckpt["config"], overrides)
     composed.data.val_size = 1  # only the test split is scored: no train/val split can be in the way (tiny sets)
     cfg = to_typed(composed)
+    weights, scored = checkpoint_weights(ckpt, cfg.weights.value, cfg.ckpt)  # before the data: a refusal is quick
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = resolve_device(cfg.trainer.device.value)
     cfg.trainer = performance.resolve(cfg.trainer, device)
@@ -87,17 +115,14 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     log.info("checkpoint: %s (epoch %s, val acc %.4f) | run dir: %s", cfg.ckpt, ckpt.get("epoch"),
              ckpt.get("val_acc", float("nan")), run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True), extra=FILE_ONLY)
+    # Hydra wrote the composed defaults at start (its model, no flips): the record is what gets scored
+    rundir.write_record(run_dir, to_dict(composed), overrides)
 
     data = load_dataset(cfg.data)
     if data.classes != ckpt["classes"]:  # the same names in the same order: else the scores mean nothing
         raise UserError(f"the checkpoint was trained on classes {ckpt['classes']} but data={cfg.data.name} has "
                         f"{data.classes}. Fix: evaluate on a data set with the checkpoint's classes.")
     model = model_from_config(cfg.model, num_classes=len(data.classes)).to(device)
-    weights = ckpt["model"]  # best.pt: the weights validation chose (the moving average if the run kept one)
-    if ckpt.get("ema"):  # last.pt of a run with trainer.ema_decay: score what its validation scored
-        weights = ckpt["ema"]["module"]
-        log.info("scoring the checkpoint's moving average of the weights (trainer.ema_decay=%s), as the run's "
-                 "validation and test did", ckpt["config"]["trainer"].get("ema_decay"))
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:  # possible only for a file made by hand: a real one's digest covers both
@@ -107,7 +132,8 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     test = scored_test_split(data.test, cfg.trainer.limit_test_images, cfg.data.split_seed)  # never cut by limit_batches
     loader = Loader(test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std, device,
                     channels_last=cfg.trainer.channels_last, channels=cfg.model.input_channels)
-    log.info("fast path: %s", performance.describe(cfg.trainer, device))
+    log.info("fast path: %s | test-time flips %s (trainer.tta_hflip; precision and flips as the run's test "
+             "unless set here)", performance.describe(cfg.trainer, device), cfg.trainer.tta_hflip)
     result = evaluate(model, loader, device, cfg.trainer.precision.value, hflip=cfg.trainer.tta_hflip)
     confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))
     print_results(result, data.classes, confusion)
@@ -121,7 +147,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     try:
         tracker.log_test_results(result, data.classes, test.images, 0, cfg.wandb.sample_predictions)
         tracker.summary({"test/acc": result["acc"], "test/loss": result["loss"], "test/images": len(test),
-                         "ckpt": str(cfg.ckpt), **{f"test/acc_{c}": a for c, a in
+                         "ckpt": str(cfg.ckpt), "weights": scored, **{f"test/acc_{c}": a for c, a in
                                                    zip(data.classes, per_class_accuracy(confusion)) if a is not None}})
         exit_code = 0
     finally:

@@ -2,10 +2,13 @@
 exactly."""
 from __future__ import annotations
 
+import json
 import logging
+import re
 
 import pytest
 import torch
+import yaml
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint
@@ -57,7 +60,8 @@ def test_off_by_default():
     assert to_typed(compose(TINY)).trainer.ema_decay is None
 
 
-def scored(weights: dict, overrides: list[str], device: str = "cpu", precision: str = "fp32") -> dict:
+def scored(weights: dict, overrides: list[str], device: str = "cpu", precision: str = "fp32",
+           hflip: bool = False) -> dict:
     """The test split scored with `weights`, outside the training code (eager)."""
     cfg = to_typed(compose(overrides))
     data = load_dataset(cfg.data)
@@ -66,7 +70,7 @@ def scored(weights: dict, overrides: list[str], device: str = "cpu", precision: 
     test = scored_test_split(data.test, None, cfg.data.split_seed)
     loader = Loader(test, cfg.data.eval_batch_size, cfg.model.input_size, cfg.data.mean, cfg.data.std,
                     torch.device(device))
-    return evaluate(model, loader, torch.device(device), precision)
+    return evaluate(model, loader, torch.device(device), precision, hflip=hflip)
 
 
 def test_validation_test_and_best_pt_use_the_average_not_the_trained_weights(tmp_path):
@@ -179,10 +183,12 @@ def test_a_checkpoint_from_before_the_average_existed_resumes(tmp_path, caplog):
     assert load_checkpoint(path)["step"] == 30
 
 
-def test_evaluating_last_pt_or_best_pt_scores_the_average_as_the_run_did(tmp_path):
+def test_evaluate_scores_the_average_as_the_run_did_or_the_trained_weights_of_last_pt(tmp_path):
     from conftest import run_cli
 
-    summary = alexnet.train([*RUN, "trainer.epochs=1"], run_dir=tmp_path / "run")  # best epoch = last epoch
+    # lr: trained weights well apart from the average; flips and bf16: evaluate scores as the run's test did
+    overrides = [*RUN, "trainer.epochs=1", "optimizer.lr=0.005", "trainer.tta_hflip=true", "trainer.precision=bf16"]
+    summary = alexnet.train(overrides, run_dir=tmp_path / "run")  # best epoch = last epoch
     expected = f"test loss {summary['test/loss']:.4f} | test accuracy {summary['test/acc']:.4f}"
     for name in ("last.pt", "best.pt"):
         result = run_cli("evaluate", [f"ckpt={tmp_path / 'run/checkpoints' / name}", "wandb.mode=disabled",
@@ -190,3 +196,23 @@ def test_evaluating_last_pt_or_best_pt_scores_the_average_as_the_run_did(tmp_pat
         assert result.returncode == 0, result.stderr[-2000:]
         assert expected in result.stdout, (name, result.stdout[:300])
     assert "moving average" in (tmp_path / "last.pt" / "evaluate.log").read_text()
+    # weights=trained: last.pt's own weights, scored as they are; best.pt has none beside its average
+    result = run_cli("evaluate", [f"ckpt={tmp_path / 'run/checkpoints/last.pt'}", "weights=trained",
+                                  "wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'trained'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    trained = scored(load_checkpoint(tmp_path / "run/checkpoints/last.pt")["model"], overrides, precision="bf16",
+                     hflip=True)
+    assert abs(trained["loss"] - summary["test/loss"]) > 3e-4  # told apart at the 4 decimals printed (6e-4 here)
+    loss, acc = (float(w) for w in re.search(r"test loss (\S+) \| test accuracy (\S+)", result.stdout).groups())
+    assert (loss, acc) == (pytest.approx(trained["loss"], abs=1e-4), pytest.approx(trained["acc"], abs=1e-4))
+    assert "trained weights" in (tmp_path / "trained" / "evaluate.log").read_text()
+    record = yaml.safe_load((tmp_path / "trained" / ".hydra" / "config.yaml").read_text())  # what was scored
+    assert (record["model"]["arch"], record["trainer"]["tta_hflip"], record["trainer"]["precision"],
+            record["weights"]) == ("alexnet_cifar", True, "bf16", "trained")
+    records = [json.loads(line) for line in (tmp_path / "trained" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["_summary"]["weights"] for r in records if "_summary" in r] == ["trained"]  # what it scored
+    refused = run_cli("evaluate", [f"ckpt={tmp_path / 'run/checkpoints/best.pt'}", "weights=trained",
+                                   "wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'refused'}"], tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "holds only the moving average" in refused.stderr and "last.pt" in refused.stderr
+    assert not (tmp_path / "refused").exists()  # no half-made eval record
