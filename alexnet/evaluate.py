@@ -116,7 +116,8 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
              ckpt.get("val_acc", float("nan")), run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(composed, resolve=True), extra=FILE_ONLY)
     # Hydra wrote the composed defaults at start (its model, no flips): the record is what gets scored
-    rundir.write_record(run_dir, to_dict(composed), overrides)
+    record = to_dict(composed)
+    rundir.write_record(run_dir, record, overrides)
 
     data = load_dataset(cfg.data)
     if data.classes != ckpt["classes"]:  # the same names in the same order: else the scores mean nothing
@@ -138,7 +139,7 @@ def evaluate_checkpoint(dict_cfg: DictConfig) -> float:
     confusion = confusion_matrix(result["predictions"], result["targets"], len(data.classes))
     print_results(result, data.classes, confusion)
 
-    config = {**to_dict(composed), "trained_run": trained_run}
+    config = {**record, "trained_run": trained_run}
     name = f"eval:{trained_run.get('name') or Path(cfg.ckpt).parent.parent.name}"
     tracker = Tracker(run_dir, config, cfg.wandb.mode.value, trained_run.get("project") or cfg.wandb.project,
                       trained_run.get("entity") or cfg.wandb.entity, cfg.wandb.group or trained_run.get("group"),

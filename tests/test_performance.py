@@ -41,6 +41,14 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value.float() - reference).norm() / reference.norm()).item()
 
 
+def assert_same_function(switched: tuple, reference: tuple, tolerances: tuple) -> None:
+    """(logits, gradients) of logits_and_grads against the reference's, each within its relative tolerance."""
+    for value, expected, tolerance, what in zip(switched, reference, tolerances, ("logits", "gradients"),
+                                                strict=True):
+        error = relative_error(value, expected)
+        assert error < tolerance, f"{what}: relative error {error:.2e}"
+
+
 @pytest.fixture(autouse=True)
 def ieee_fp32():
     """Each test starts from IEEE fp32 (no TF32, no autotuning) and leaves the flags as it found them: torch's
@@ -99,9 +107,7 @@ def test_every_switch_combination_computes_the_same_function(arch, device, preci
     switched = logits_and_grads(arch, device, trainer(device, f"precision={precision}", "tf32=false",
                                                       f"channels_last={channels_last}", f"compile={compiled}"), state)
     tolerances = CUDA_FP32_TOLERANCE if (device.type, precision) == ("cuda", "fp32") else TOLERANCE[precision]
-    for value, expected, tolerance, what in zip(switched, reference, tolerances, ("logits", "gradients")):
-        error = relative_error(value, expected)
-        assert error < tolerance, f"{what}: relative error {error:.2e}"
+    assert_same_function(switched, reference, tolerances)
 
 
 # TF32 keeps fp32's range with a 10-bit mantissa. Gradients against IEEE fp32, measured on H200s with an earlier
@@ -133,10 +139,7 @@ def test_tf32_and_cudnn_autotuning_keep_the_function(tf32, autotune):
         torch.backends.cudnn.deterministic = saved
     fast = trainer(cuda, "precision=fp32", f"tf32={tf32}", f"cudnn_benchmark={autotune}")
     tolerances = TF32_TOLERANCE if tf32 else CUDA_FP32_TOLERANCE
-    for value, expected, tolerance, what in zip(logits_and_grads("alexnet", cuda, fast, state), reference,
-                                                tolerances, ("logits", "gradients")):
-        error = relative_error(value, expected)
-        assert error < tolerance, f"{what}: relative error {error:.2e}"
+    assert_same_function(logits_and_grads("alexnet", cuda, fast, state), reference, tolerances)
 
 
 @pytest.mark.parametrize("tf32", [True, False])
