@@ -150,7 +150,7 @@ def our_loader(split: Split, cfg: Config, device: torch.device, seed: int = 0) -
     d = cfg.data
     return Loader(split, d.batch_size, cfg.model.input_size, d.mean, d.std, device, train=True,
                   random_crop=d.random_crop, crop_padding=d.crop_padding, hflip=d.hflip,
-                  random_erasing=d.random_erasing, seed=seed,
+                  random_erasing=d.random_erasing, crop_scale=d.crop_scale, seed=seed,
                   channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device),
                   channels=cfg.model.input_channels)
 

@@ -127,6 +127,9 @@ class DataConfig:
     # the chance that a training image gets one rectangle set to the mean pixel (torchvision's RandomErasing after
     # Normalize, value 0: 2-33% of the image, aspect 0.3-3.3); 0 = off
     random_erasing: float = 0.0
+    # the smallest share of the image a training crop keeps: torchvision's RandomResizedCrop(scale=(crop_scale, 1),
+    # ratio=(3/4, 4/3)) after the padded crop and flip, resized back to the stored side; 1.0 = off
+    crop_scale: float = 1.0
 
     @property
     def image_side(self) -> int:
@@ -141,6 +144,8 @@ class DataConfig:
                f"an integer from 0 to the image side ({self.image_side}): more pads with nothing but black")
         _check(0.0 <= self.random_erasing <= 1.0, "data.random_erasing", self.random_erasing,
                "a probability in [0, 1]")
+        _check(0.0 < self.crop_scale <= 1.0, "data.crop_scale", self.crop_scale,
+               "a share of the image in (0, 1]; 1.0 turns the resized crop off")
         _check(len(self.mean) == 3, "data.mean", self.mean, "three per-channel values (RGB)")
         _check(len(self.std) == 3 and min(self.std) > 0, "data.std", self.std, "three positive values (RGB)")
 

@@ -277,25 +277,64 @@ def crop_and_flip(padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.T
     return padded.gather(2, rows).gather(3, cols)
 
 
-ERASING_SCALE, ERASING_RATIO, ERASING_TRIES = (0.02, 0.33), (0.3, 3.3), 10  # torchvision's RandomErasing
+BOX_TRIES = 10  # torchvision's RandomErasing and RandomResizedCrop each try 10 boxes
+ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)  # torchvision's RandomErasing
+CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop
 
 
-def erasing_boxes(n: int, side: int, p: float, generator: torch.Generator, device: torch.device) -> dict:
-    """torchvision's RandomErasing draw for n side x side images at once: each image, with probability p, gets
-    the first of 10 tries (area 2-33%, log-uniform aspect 0.3-3.3) that fits inside it; none fits, none erased."""
-    area = side * side * torch.empty(n, ERASING_TRIES, device=device).uniform_(*ERASING_SCALE, generator=generator)
-    log_ratio = torch.empty(n, ERASING_TRIES, device=device).uniform_(
-        math.log(ERASING_RATIO[0]), math.log(ERASING_RATIO[1]), generator=generator)
+def random_boxes(n: int, side: int, scale: tuple, ratio: tuple, strictly_inside: bool,
+                 generator: torch.Generator, device: torch.device) -> dict:
+    """torchvision's box draw, shared by RandomErasing and RandomResizedCrop, for n side x side images at once:
+    the first of 10 tries (area a U(scale) share of the image, log-uniform aspect in `ratio`) that fits, at a
+    uniform place; `found` is False where none fits (the box is then meaningless)."""
+    area = side * side * torch.empty(n, BOX_TRIES, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, BOX_TRIES, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     h = torch.sqrt(area * torch.exp(log_ratio)).round().long()
     w = torch.sqrt(area / torch.exp(log_ratio)).round().long()
-    fits = (h < side) & (w < side) & (h > 0) & (w > 0)
-    first = torch.where(fits.any(1), fits.float().argmax(1), 0)
+    # RandomErasing wants the box strictly inside the image, RandomResizedCrop lets it be the whole image
+    fits = ((h < side) & (w < side) if strictly_inside else (h <= side) & (w <= side)) & (h > 0) & (w > 0)
+    found = fits.any(1)
+    first = torch.where(found, fits.float().argmax(1), 0)
     h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
     # the box's corner, uniform over the places it fits (as torch.randint(0, side - h + 1) per image)
     top = (torch.rand(n, generator=generator, device=device) * (side - h + 1)).long()
     left = (torch.rand(n, generator=generator, device=device) * (side - w + 1)).long()
-    erase = (torch.rand(n, generator=generator, device=device) < p) & fits.any(1)
-    return {"erase": erase, "top": top, "left": left, "height": h, "width": w}
+    return {"found": found, "top": top, "left": left, "height": h, "width": w}
+
+
+def erasing_boxes(n: int, side: int, p: float, generator: torch.Generator, device: torch.device) -> dict:
+    """torchvision's RandomErasing draw: each image, with probability p, gets the first of 10 tries (area 2-33%,
+    aspect 0.3-3.3) that fits inside it; none fits, none erased."""
+    box = random_boxes(n, side, ERASING_SCALE, ERASING_RATIO, True, generator, device)
+    box["erase"] = (torch.rand(n, generator=generator, device=device) < p) & box.pop("found")
+    return box
+
+
+def crop_boxes(n: int, side: int, smallest: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """torchvision's RandomResizedCrop draw (scale=(smallest, 1), ratio=(3/4, 4/3)) for n square images, as
+    (n, 4) rows of top, left, height, width; where no try fits, the whole image (its fallback for a square)."""
+    box = random_boxes(n, side, (smallest, 1.0), CROP_RATIO, False, generator, device)
+    whole = torch.tensor([0, 0, side, side], device=device)
+    drawn = torch.stack([box["top"], box["left"], box["height"], box["width"]], dim=1)
+    return torch.where(box["found"][:, None], drawn, whole)
+
+
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's box (top, left, height, width) resized to size x size in one grid_sample: the same samples as
+    F.interpolate(bilinear, align_corners=False) on the cropped image, which is torchvision's resized_crop when
+    it enlarges (a box is never larger than the image, so it always does here)."""
+    steps = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
+
+    def coordinates(start: torch.Tensor, length: torch.Tensor, extent: int) -> torch.Tensor:
+        source = (steps * length[:, None] / size - 0.5).clamp(min=0)  # interpolate's source pixel, in the box
+        source = torch.minimum(source, (length - 1)[:, None].float())
+        return (start[:, None] + source) * 2 / (extent - 1) - 1  # in grid_sample's align_corners=True units
+
+    top, left, height, width = boxes.unbind(1)
+    ys, xs = coordinates(top, height, x.shape[-2]), coordinates(left, width, x.shape[-1])
+    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)  # (n, size, size, x|y)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def erasing_mask(draws: dict, height: int, width: int) -> torch.Tensor:
@@ -321,7 +360,7 @@ class Loader:
 
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
                  train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
-                 random_erasing: float = 0.0, seed: int = 0, max_batches: int | None = None, rank: int = 0,
+                 random_erasing: float = 0.0, crop_scale: float = 1.0, seed: int = 0, max_batches: int | None = None, rank: int = 0,
                  world_size: int = 1, channels_last: bool = False, dtype: torch.dtype = torch.float32,
                  channels: int = 3):
         self.rank, self.world_size, self.channels_last, self.dtype = rank, world_size, channels_last, dtype
@@ -330,6 +369,7 @@ class Loader:
         self.batch_size, self.input_size, self.device = batch_size, input_size, device
         self.train, self.random_crop, self.crop_padding, self.hflip = train, random_crop, crop_padding, hflip
         self.random_erasing = random_erasing if train else 0.0
+        self.crop_scale = crop_scale if train else 1.0
         self.seed, self.max_batches, self.generator = seed, max_batches, None
         # Padded once here, so that a batch's crops are a gather (zeros: black borders, as torchvision's).
         self.padding = crop_padding if train and random_crop else 0
@@ -357,6 +397,8 @@ class Loader:
             draws["flip"] = torch.rand(n, generator=generator, device=device) < 0.5
         if self.random_erasing:  # drawn after the others: with it off, their stream is as before
             draws.update(erasing_boxes(n, self.split.images.shape[-1], self.random_erasing, generator, device))
+        if self.crop_scale < 1:  # drawn last, for the same reason
+            draws["crop_box"] = crop_boxes(n, self.split.images.shape[-1], self.crop_scale, generator, device)
         return draws
 
     def transform(self, index: torch.Tensor, draws: dict) -> torch.Tensor:
@@ -370,6 +412,8 @@ class Loader:
             x = self.split.images[index]
         # Normalize before resizing: the same result (resampling weights sum to 1), on far fewer pixels.
         x = torch.addcmul(self.shift, x.float(), self.scale)
+        if "crop_box" in draws:  # RandomResizedCrop after the padded crop and flip, back to the stored side
+            x = resized_crops(x, draws["crop_box"], x.shape[-1])
         if "erase" in draws:  # after Normalize, as torchvision's RandomErasing: 0 is the mean pixel
             x = x * ~erasing_mask(draws, x.shape[-2], x.shape[-1])
         if self.extra_channels:  # zeros after normalizing, at the small size

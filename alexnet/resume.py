@@ -71,7 +71,7 @@ def may_change(key: str) -> bool:
 
 # Fields added to the schema after checkpoints were written, with the value that trains as before they existed:
 # a checkpoint without the key was trained with that value.
-ADDED_FIELDS = {"data.random_erasing": 0.0, "trainer.ema_decay": None}
+ADDED_FIELDS = {"data.random_erasing": 0.0, "data.crop_scale": 1.0, "trainer.ema_decay": None}
 
 
 def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:

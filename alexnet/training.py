@@ -167,7 +167,8 @@ def make_loaders(cfg: Config, data: Dataset, device: torch.device, dist: Dist) -
     test = scored_test_split(data.test, cfg.trainer.limit_test_images, d.split_seed)
     return Loaders(
         train=Loader(data.train, d.batch_size, train=True, random_crop=d.random_crop, crop_padding=d.crop_padding,
-                     hflip=d.hflip, random_erasing=d.random_erasing, seed=cfg.seed, **common, **ranks),
+                     hflip=d.hflip, random_erasing=d.random_erasing, crop_scale=d.crop_scale,
+                     seed=cfg.seed, **common, **ranks),
         val=Loader(data.val, d.eval_batch_size, **common, **ranks),
         test=Loader(test, d.eval_batch_size, **common), test_split=test)
 

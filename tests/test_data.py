@@ -5,11 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from alexnet import data as data_module
 from alexnet.config import compose, to_typed
-from alexnet.data import DataError, Loader, Split, crop_and_flip, load_dataset, split_train_val, synthetic_images
+from alexnet.data import (DataError, Loader, Split, crop_and_flip, crop_boxes, load_dataset, resized_crops,
+                          split_train_val, synthetic_images)
 
 
 def synthetic_cfg(*overrides):
@@ -292,23 +297,82 @@ def test_random_erasing_hits_a_share_p_of_the_images_and_only_in_training(p):
     assert not (next(iter(evaluation))[0] == 0).any()
 
 
-def test_random_erasing_off_leaves_the_augmentation_stream_as_it_was():
+@pytest.mark.parametrize("lever", [{"random_erasing": 0.5}, {"crop_scale": 0.35}])
+def test_an_augmentation_lever_off_leaves_the_stream_as_it_was(lever):
     """Drawn after crop and flip: with it off, every existing run's batches are bit for bit unchanged; with it
     on, a resumed epoch still continues exactly (the draws come from the checkpointed generator)."""
+    (name, value), = lever.items()
+    off = {"random_erasing": 0.0, "crop_scale": 1.0}[name]
     ds = load_dataset(synthetic_cfg())
     plain = [x for x, _ in loader(ds.train).batches(3)][:3]
-    off = [x for x, _ in loader(ds.train, random_erasing=0.0).batches(3)][:3]
-    assert all(torch.equal(a, b) for a, b in zip(plain, off))
-    on = loader(ds.train, random_erasing=0.5)
+    unchanged = [x for x, _ in loader(ds.train, **{name: off}).batches(3)][:3]
+    assert all(torch.equal(a, b) for a, b in zip(plain, unchanged))
+    on = loader(ds.train, **lever)
     batches = on.batches(3)
     first = [next(batches)[0] for _ in range(2)]
     state = on.generator_state()
     rest = next(batches)[0]
-    again = loader(ds.train, random_erasing=0.5)
+    again = loader(ds.train, **lever)
     assert torch.equal(next(again.batches(3, start=2, generator_state=state))[0], rest)
     assert not torch.equal(first[0], plain[0])
+    evaluation = loader(ds.val, train=False, **lever)
+    assert torch.equal(next(iter(evaluation))[0], next(iter(loader(ds.val, train=False)))[0])
 
 
-def test_random_erasing_is_a_probability():
-    with pytest.raises(Exception, match=r"data.random_erasing=1.5 is not allowed: a probability in \[0, 1\]"):
-        synthetic_cfg("data.random_erasing=1.5")
+@pytest.mark.parametrize("override, message", [
+    ("data.random_erasing=1.5", r"data.random_erasing=1.5 is not allowed: a probability in \[0, 1\]"),
+    ("data.crop_scale=0.0", r"data.crop_scale=0.0 is not allowed: a share of the image in \(0, 1\]"),
+    ("data.crop_scale=1.2", r"data.crop_scale=1.2 is not allowed: a share of the image in \(0, 1\]")])
+def test_augmentation_levers_refuse_values_outside_their_range(override, message):
+    with pytest.raises(Exception, match=message):
+        synthetic_cfg(override)
+
+
+# --- resized crops (issue 16's crop-scale lever) -----------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_resized_crops_are_torchvision_resized_crop(data):
+    """Any box inside the image, resized back to the image side by one batched grid_sample, gives what
+    torchvision's resized_crop gives for that image and box."""
+    side = data.draw(st.sampled_from([8, 32]))
+    height, width = data.draw(st.integers(1, side)), data.draw(st.integers(1, side))
+    top, left = data.draw(st.integers(0, side - height)), data.draw(st.integers(0, side - width))
+    images = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+    boxes = torch.tensor([[top, left, height, width], [0, 0, side, side]])
+    ours = resized_crops(images, boxes, side)
+    theirs = TF.resized_crop(images[0], top, left, height, width, [side, side], antialias=True)
+    torch.testing.assert_close(ours[0], theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[1], images[1], atol=1e-5, rtol=1e-5)  # the whole image: itself
+
+
+def test_crop_boxes_are_drawn_as_torchvision_draws_random_resized_crop():
+    """The same distribution as RandomResizedCrop.get_params(scale=(0.35, 1)) on a 32x32 image: area share,
+    aspect and corner, compared in mean and range over 4000 draws each; every box inside the image."""
+    n, side, smallest = 4000, 32, 0.35
+    ours = crop_boxes(n, side, smallest, torch.Generator().manual_seed(0), torch.device("cpu")).float()
+    torch.manual_seed(0)
+    image = torch.zeros(3, side, side)
+    theirs = torch.tensor([T.RandomResizedCrop.get_params(image, [smallest, 1.0], [3 / 4, 4 / 3])
+                           for _ in range(n)]).float()
+    for boxes in (ours, theirs):
+        top, left, height, width = boxes.unbind(1)
+        assert top.min() >= 0 and left.min() >= 0 and (top + height).max() <= side and (left + width).max() <= side
+    def stats(boxes):
+        top, left, height, width = boxes.unbind(1)
+        share = height * width / side**2
+        return torch.stack([share.mean(), share.min(), (height / width).log().mean(), top.mean(), left.mean()])
+    torch.testing.assert_close(stats(ours), stats(theirs), atol=0.03, rtol=0.05)
+
+
+def test_a_crop_scale_below_one_zooms_into_the_training_images():
+    """With crop_scale on, a training image is a box of itself enlarged: a checkerboard of 1-pixel squares comes
+    out with fewer sign changes along a row (the squares got wider); evaluation is never cropped."""
+    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 255).to(torch.uint8)
+    split = Split(board.expand(256, 3, 32, 32).contiguous(), torch.zeros(256, dtype=torch.int64))
+    def sign_changes(**kw):
+        x, _ = next(iter(Loader(split, 256, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), **kw)))
+        return (x[:, 0, :, 1:].sign() != x[:, 0, :, :-1].sign()).float().sum((1, 2))
+    assert torch.equal(sign_changes(train=True), torch.full((256,), 32.0 * 31))  # no crop: every neighbour flips
+    zoomed = sign_changes(train=True, crop_scale=0.25)
+    assert zoomed.mean() < 0.8 * 32 * 31 and zoomed.max() <= 32 * 31
+    assert torch.equal(sign_changes(crop_scale=0.25), torch.full((256,), 32.0 * 31))

@@ -518,13 +518,15 @@ def test_the_api_raises_the_clis_message_for_a_mistyped_override_and_makes_no_ru
     assert not (tmp_path / "outputs").exists() and not rundir._HELD  # no run dir made, no lock held
 
 
-def test_a_checkpoint_from_before_a_new_field_resumes_when_the_field_keeps_its_old_behaviour():
-    """data.random_erasing came later: a checkpoint without it was trained with 0.0, so it is no difference;
-    asked for another value, it is one."""
-    before, now = {"data": {"hflip": True}}, {"data": {"hflip": True, "random_erasing": 0.0}}
-    assert config_differences(before, now) == []
-    assert config_differences(before, {"data": {"hflip": True, "random_erasing": 0.5}}) == [
-        ("data.random_erasing", 0.0, 0.5)]
+@pytest.mark.parametrize("key, old, other", [("data.random_erasing", 0.0, 0.5), ("data.crop_scale", 1.0, 0.35),
+                                             ("trainer.ema_decay", None, 0.999)])
+def test_a_checkpoint_from_before_a_new_field_resumes_when_the_field_keeps_its_old_behaviour(key, old, other):
+    """These fields came later: a checkpoint without one was trained with its old value, so that value is no
+    difference; asked for another value, it is one."""
+    group, name = key.split(".")
+    before = {group: {"seed_field": 1}}
+    assert config_differences(before, {group: {"seed_field": 1, name: old}}) == []
+    assert config_differences(before, {group: {"seed_field": 1, name: other}}) == [(key, old, other)]
 
 
 def test_the_api_picks_the_run_dir_as_the_cli_does(tmp_path, monkeypatch):
