@@ -279,7 +279,9 @@ def crop_and_flip(padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.T
 
 BOX_TRIES = 10  # torchvision's RandomErasing and RandomResizedCrop each try 10 boxes
 ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)  # torchvision's RandomErasing
-CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop
+# torchvision's RandomResizedCrop. random_boxes makes a box's height sqrt(area * ratio), as RandomErasing does;
+# RandomResizedCrop makes it the width, which draws the same boxes only because this range is symmetric in log.
+CROP_RATIO = (3 / 4, 4 / 3)
 
 
 def random_boxes(n: int, side: int, scale: tuple, ratio: tuple, strictly_inside: bool,
@@ -311,7 +313,8 @@ def erasing_boxes(n: int, side: int, p: float, generator: torch.Generator, devic
     return box
 
 
-def crop_boxes(n: int, side: int, smallest: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def crop_boxes(n: int, side: int, smallest: float, generator: torch.Generator,
+               device: torch.device) -> torch.Tensor:
     """torchvision's RandomResizedCrop draw (scale=(smallest, 1), ratio=(3/4, 4/3)) for n square images, as
     (n, 4) rows of top, left, height, width; where no try fits, the whole image (its fallback for a square)."""
     box = random_boxes(n, side, (smallest, 1.0), CROP_RATIO, False, generator, device)
@@ -334,7 +337,9 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tens
     top, left, height, width = boxes.unbind(1)
     ys, xs = coordinates(top, height, x.shape[-2]), coordinates(left, width, x.shape[-1])
     grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)  # (n, size, size, x|y)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    # in fp32 whatever the batch's dtype: bf16 coordinates would be off by up to a quarter of a pixel
+    crops = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return crops.to(x.dtype)
 
 
 def erasing_mask(draws: dict, height: int, width: int) -> torch.Tensor:

@@ -99,10 +99,11 @@ def test_an_epoch_continues_exactly_from_a_saved_generator_state():
     assert len(rest) == len(full) - 3 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
 
 
-def test_ranks_share_out_the_global_batch_of_a_single_process():
+@pytest.mark.parametrize("levers", [{}, {"random_erasing": 0.5, "crop_scale": 0.35}])
+def test_ranks_share_out_the_global_batch_of_a_single_process(levers):
     ds = load_dataset(synthetic_cfg())
-    (single,) = [next(iter(loader(ds.train, seed=2).batches(epoch=1)))]
-    shares = [next(iter(loader(ds.train, seed=2, rank=r, world_size=2).batches(epoch=1))) for r in (0, 1)]
+    (single,) = [next(iter(loader(ds.train, seed=2, **levers).batches(epoch=1)))]
+    shares = [next(iter(loader(ds.train, seed=2, rank=r, world_size=2, **levers).batches(epoch=1))) for r in (0, 1)]
     assert all(len(x) == 32 for x, _ in shares)
     merged = torch.empty_like(single[0])
     merged[0::2], merged[1::2] = shares[0][0], shares[1][0]
@@ -210,7 +211,8 @@ def test_training_drops_the_partial_last_batch_and_evaluation_keeps_every_image(
     train = list(Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'), train=True, hflip=True).batches(0))
     assert [len(y) for _, y in train] == [32, 32, 32]  # one shape for compile and cuDNN
     assert [len(y) for _, y in Loader(split, 32, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'))] == [32, 32, 32, 4]
-    assert [len(y) for _, y in Loader(split, 128, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'), train=True).batches(0)] == [100]
+    one_batch = Loader(split, 128, 32, [0.5] * 3, [0.25] * 3, torch.device('cpu'), train=True).batches(0)
+    assert [len(y) for _, y in one_batch] == [100]
 
 
 @pytest.mark.parametrize("size", [32, 224])
@@ -345,10 +347,12 @@ def test_resized_crops_are_torchvision_resized_crop(data):
     torch.testing.assert_close(ours[1], images[1], atol=1e-5, rtol=1e-5)  # the whole image: itself
 
 
-def test_crop_boxes_are_drawn_as_torchvision_draws_random_resized_crop():
-    """The same distribution as RandomResizedCrop.get_params(scale=(0.35, 1)) on a 32x32 image: area share,
-    aspect and corner, compared in mean and range over 4000 draws each; every box inside the image."""
-    n, side, smallest = 4000, 32, 0.35
+@pytest.mark.parametrize("smallest", [0.35, 0.99])
+def test_crop_boxes_are_drawn_as_torchvision_draws_random_resized_crop(smallest):
+    """The same distribution as RandomResizedCrop.get_params(scale=(smallest, 1)) on a 32x32 image, over 4000 draws
+    each: area share, aspect, corner, and how often a box spans the image (a try that fits it at 0.35, mostly the
+    fallback at 0.99); every box inside the image."""
+    n, side = 4000, 32
     ours = crop_boxes(n, side, smallest, torch.Generator().manual_seed(0), torch.device("cpu")).float()
     torch.manual_seed(0)
     image = torch.zeros(3, side, side)
@@ -360,7 +364,8 @@ def test_crop_boxes_are_drawn_as_torchvision_draws_random_resized_crop():
     def stats(boxes):
         top, left, height, width = boxes.unbind(1)
         share = height * width / side**2
-        return torch.stack([share.mean(), share.min(), (height / width).log().mean(), top.mean(), left.mean()])
+        spans = ((height == side) | (width == side)).float().mean()
+        return torch.stack([share.mean(), share.min(), (height / width).log().mean(), top.mean(), left.mean(), spans])
     torch.testing.assert_close(stats(ours), stats(theirs), atol=0.03, rtol=0.05)
 
 
@@ -374,5 +379,5 @@ def test_a_crop_scale_below_one_zooms_into_the_training_images():
         return (x[:, 0, :, 1:].sign() != x[:, 0, :, :-1].sign()).float().sum((1, 2))
     assert torch.equal(sign_changes(train=True), torch.full((256,), 32.0 * 31))  # no crop: every neighbour flips
     zoomed = sign_changes(train=True, crop_scale=0.25)
-    assert zoomed.mean() < 0.8 * 32 * 31 and zoomed.max() <= 32 * 31
+    assert zoomed.mean() < 0.8 * 32 * 31 and (zoomed < 32 * 31).float().mean() > 0.9
     assert torch.equal(sign_changes(crop_scale=0.25), torch.full((256,), 32.0 * 31))
