@@ -365,8 +365,8 @@ class Loader:
 
     def __init__(self, split: Split, batch_size: int, input_size: int, mean, std, device: torch.device,
                  train: bool = False, random_crop: bool = False, crop_padding: int = 4, hflip: bool = False,
-                 random_erasing: float = 0.0, crop_scale: float = 1.0, seed: int = 0, max_batches: int | None = None, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False, dtype: torch.dtype = torch.float32,
+                 random_erasing: float = 0.0, crop_scale: float = 1.0, seed: int = 0, max_batches: int | None = None,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, dtype: torch.dtype = torch.float32,
                  channels: int = 3):
         self.rank, self.world_size, self.channels_last, self.dtype = rank, world_size, channels_last, dtype
         self.extra_channels = channels - 3  # zero channels after RGB, for model.input_channels
