@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from alexnet import performance
 from alexnet.config import Config, OptimizerImpl, Precision, compose, to_typed
 from alexnet.errors import UserError, contract
-from alexnet.data import Loader, Split
+from alexnet.data import Loader, Split, training_augmentation
 from alexnet.ema import WeightEMA
 from alexnet.engine import DTYPES, EpochProgress, autocast, train_one_epoch
 from alexnet.models import model_from_config
@@ -149,8 +149,7 @@ def seed_style_batches(loader: torch.utils.data.DataLoader, device: torch.device
 def our_loader(split: Split, cfg: Config, device: torch.device, seed: int = 0) -> Loader:
     d = cfg.data
     return Loader(split, d.batch_size, cfg.model.input_size, d.mean, d.std, device, train=True,
-                  random_crop=d.random_crop, crop_padding=d.crop_padding, hflip=d.hflip,
-                  random_erasing=d.random_erasing, crop_scale=d.crop_scale, seed=seed,
+                  **training_augmentation(d), seed=seed,
                   channels_last=cfg.trainer.channels_last, dtype=performance.batch_dtype(cfg.trainer, device),
                   channels=cfg.model.input_channels)
 

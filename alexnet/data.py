@@ -351,6 +351,12 @@ def erasing_mask(draws: dict, height: int, width: int) -> torch.Tensor:
     return (draws["erase"][:, None, None] & inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
 
 
+def training_augmentation(d) -> dict:
+    """The Loader arguments of a `data` config's training augmentation: one list for every training loader."""
+    return dict(random_crop=d.random_crop, crop_padding=d.crop_padding, hflip=d.hflip,
+                random_erasing=d.random_erasing, crop_scale=d.crop_scale)
+
+
 class Loader:
     """Iterates over one in-memory split in batches, ready for the model.
 

@@ -29,7 +29,7 @@ from alexnet.logs import FILE_ONLY
 from alexnet.checkpoint import CheckpointError, CheckpointWriter, check_writable, digest, load_checkpoint, load_latest
 from alexnet.config import Config, to_dict
 from alexnet.errors import INTERRUPTED, ConfigError, RunDirRefused, StopNow, UserError
-from alexnet.data import Dataset, Loader, Split, load_dataset
+from alexnet.data import Dataset, Loader, Split, load_dataset, training_augmentation
 from alexnet.distributed import Dist
 from alexnet.ema import WeightEMA
 from alexnet.engine import DIVERGENCE_FIX, EpochProgress, NonFiniteLoss, evaluate, skips_on_device, train_one_epoch
@@ -166,9 +166,8 @@ def make_loaders(cfg: Config, data: Dataset, device: torch.device, dist: Dist) -
     ranks = dict(rank=dist.rank, world_size=dist.world_size, max_batches=limit)
     test = scored_test_split(data.test, cfg.trainer.limit_test_images, d.split_seed)
     return Loaders(
-        train=Loader(data.train, d.batch_size, train=True, random_crop=d.random_crop, crop_padding=d.crop_padding,
-                     hflip=d.hflip, random_erasing=d.random_erasing, crop_scale=d.crop_scale,
-                     seed=cfg.seed, **common, **ranks),
+        train=Loader(data.train, d.batch_size, train=True, **training_augmentation(d), seed=cfg.seed, **common,
+                     **ranks),
         val=Loader(data.val, d.eval_batch_size, **common, **ranks),
         test=Loader(test, d.eval_batch_size, **common), test_split=test)
 

@@ -381,3 +381,18 @@ def test_a_crop_scale_below_one_zooms_into_the_training_images():
     zoomed = sign_changes(train=True, crop_scale=0.25)
     assert zoomed.mean() < 0.8 * 32 * 31 and (zoomed < 32 * 31).float().mean() > 0.9
     assert torch.equal(sign_changes(crop_scale=0.25), torch.full((256,), 32.0 * 31))
+
+
+def test_every_training_loader_gets_the_configs_augmentation():
+    """The run's and the benchmark's training loaders take their augmentation from one place, the config's."""
+    from alexnet.bench import our_loader
+    from alexnet.distributed import Dist
+    from alexnet.training import make_loaders
+
+    cfg = to_typed(compose(["data=synthetic", "data.random_crop=false", "data.crop_padding=2", "data.hflip=false",
+                            "data.random_erasing=0.5", "data.crop_scale=0.35"]))
+    ds = load_dataset(cfg.data)
+    expected = {"random_crop": False, "crop_padding": 2, "hflip": False, "random_erasing": 0.5, "crop_scale": 0.35}
+    cpu = torch.device("cpu")
+    for train in (make_loaders(cfg, ds, cpu, Dist()).train, our_loader(ds.train, cfg, cpu)):
+        assert {key: getattr(train, key) for key in expected} == expected
